@@ -1,0 +1,43 @@
+"""`python -m step_ros <command> [...]`: one module per command, imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with `main(argv) -> int`, one-line summary)
+COMMANDS = {
+    'synth': ('step_ros.tools.synth', 'write the procedural nearly-symmetric action dataset'),
+    'extract': ('step_ros.tools.extract', 'cache frozen-backbone tokens of a clip list'),
+    'train': ('step_ros.tools.train', 'train one or more heads on a feature cache'),
+    'eval': ('step_ros.tools.evaluate', 'accuracy (symmetric / non-symmetric / reversed) report'),
+    'report': ('step_ros.tools.report', 'compare all head kinds on one cache (paper tables)'),
+    'bag-eval': ('step_ros.tools.bag_eval', 'run the streaming engine over a rosbag and score it'),
+    'replay': ('step_ros.ros.replay', 'publish a bag\'s images with rclpy (with /clock)'),
+    'bench': ('step_ros.tools.bench', 'performance harness: streaming vs naive, latency, memory'),
+    'demo': ('step_ros.ros.demo', 'run the node on a built-in synthetic camera and print actions'),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ['usage: python -m step_ros <command> [--help] [...]', '', 'commands:']
+    lines += [f'  {name:<{width}}  {summary}' for name, (_, summary) in COMMANDS.items()]
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ('-h', '--help'):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f'step_ros: unknown command {name!r}\n\n{usage()}', file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest, prog=f'python -m step_ros {name}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

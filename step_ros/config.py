@@ -1,0 +1,202 @@
+"""The node's configuration: one table of parameters, one frozen dataclass, one validator.
+
+The ROS node declares exactly these parameters (with their descriptions) and the offline tools
+read the same `ros__parameters` YAML files, so both run the engine from identical settings.
+Defaults equal `config/perception.yaml`, the real deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from step_ros.engine import EngineConfig
+
+NODE_NAME = 'perception_node'
+PACKAGE_PREFIX = 'package://step_ros/'
+
+
+class ConfigError(ValueError):
+    """A parameter has a bad value; the message names the parameter and the value."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    choices: tuple = ()
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param('backbone.weights', '/opt/step_ros/models/dinov2-vitb14',
+          "Frozen backbone: 'tiny' / 'tiny-clip' (built-in, seeded random weights) or a local "
+          'Hugging Face directory (config.json + model.safetensors) of DINOv2 or CLIP ViT.'),
+    Param('backbone.image_size', 224,
+          'Side of the square input in pixels; a multiple of the patch size (0: the model\'s).'),
+    Param('device', 'cuda', "Inference device: 'auto', 'cpu', 'cuda' or 'cuda:N'.",
+          ('auto', 'cpu', 'cuda')),
+    Param('precision', 'fp16', 'Backbone and head precision.', ('fp32', 'fp16', 'bf16')),
+    Param('heads.checkpoints', ['/opt/step_ros/models/heads/action.safetensors'],
+          'Head checkpoints (.safetensors written by `python -m step_ros train`); all share one '
+          "backbone pass. A path may start with 'package://step_ros/'."),
+    Param('heads.topics', ['human_action'],
+          'Output topic of each head, same order as heads.checkpoints.'),
+    Param('num_frames', 16, 'T: frames per window; must equal the heads\' training T.'),
+    Param('window_seconds', 2.0, 'Seconds of header time one window spans.'),
+    Param('infer_every', 1, 'Run the heads every k-th sampled frame once the window is full.'),
+    Param('top_k', 5, 'Number of classes in top_labels / top_scores.'),
+    Param('ambiguity_margin', 0.15,
+          'A symmetric top-2 pair whose probabilities differ by less is flagged ambiguous.'),
+    Param('order_check', False,
+          'Also run the heads on the time-reversed window (no backbone cost) and flag '
+          'symmetric predictions that do not flip.'),
+    Param('symmetric_pairs', [''],
+          "Override the checkpoints' symmetric pairs: entries 'a:b'; [''] keeps the checkpoints'."),
+    Param('image_qos', 'sensor_data',
+          "Image subscription QoS: 'sensor_data' (best effort, depth 5) or 'reliable'.",
+          ('sensor_data', 'reliable')),
+    Param('subscribe_compressed', False, "Also subscribe to 'image/compressed'."),
+    Param('debug_image', False, "Publish an annotated image on 'debug_image'."),
+    Param('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.'),
+)
+DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class PerceptionConfig:
+    backbone_weights: str
+    image_size: int
+    device: str
+    precision: str
+    head_checkpoints: tuple[str, ...]
+    head_topics: tuple[str, ...]
+    engine: EngineConfig
+    symmetric_pairs: tuple[tuple[str, str], ...] | None  # None: use the checkpoints'
+    image_qos: str
+    subscribe_compressed: bool
+    debug_image: bool
+    diagnostics_period: float
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any]) -> PerceptionConfig:
+        """Validate parameter values (defaults fill the gaps) into a config."""
+        unknown = sorted(set(values) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f'unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}')
+        v = {**DEFAULTS, **values}
+        for p in PARAMETERS:
+            v[p.name] = _typed(p, v[p.name])
+            if p.choices and v[p.name] not in p.choices and not (
+                    p.name == 'device' and str(v[p.name]).startswith('cuda:')):
+                raise ConfigError(f'{p.name}={v[p.name]!r}: expected one of {list(p.choices)}')
+        for name in ('num_frames', 'infer_every', 'top_k'):
+            if v[name] < 1:
+                raise ConfigError(f'{name}={v[name]}: must be >= 1')
+        for name in ('window_seconds', 'diagnostics_period'):
+            if not v[name] > 0:
+                raise ConfigError(f'{name}={v[name]}: must be > 0')
+        if not 0.0 <= v['ambiguity_margin'] <= 1.0:
+            raise ConfigError(f"ambiguity_margin={v['ambiguity_margin']}: must be in [0, 1]")
+        if v['backbone.image_size'] < 0:
+            raise ConfigError(f"backbone.image_size={v['backbone.image_size']}: must be >= 0")
+        checkpoints = tuple(resolve_path(c) for c in v['heads.checkpoints'] if c)
+        topics = tuple(t for t in v['heads.topics'] if t)
+        if not checkpoints:
+            raise ConfigError(f"heads.checkpoints={v['heads.checkpoints']!r}: at least one head")
+        if len(topics) != len(checkpoints) or len(set(topics)) != len(topics):
+            raise ConfigError(f"heads.topics={v['heads.topics']!r}: need one distinct topic per "
+                              f'checkpoint ({len(checkpoints)})')
+        for path in checkpoints:
+            if not Path(path).is_file():
+                raise ConfigError(f'heads.checkpoints: {path!r} does not exist')
+        weights = v['backbone.weights']
+        if not weights.startswith('tiny'):
+            weights = resolve_path(weights)
+            if not Path(weights).is_dir():
+                raise ConfigError(f'backbone.weights={weights!r}: no such directory (a local '
+                                  "Hugging Face model directory, or 'tiny')")
+        pairs = None
+        entries = [e for e in v['symmetric_pairs'] if e]
+        if entries:
+            pairs = []
+            for entry in entries:
+                parts = entry.split(':')
+                if len(parts) != 2 or not all(parts):
+                    raise ConfigError(f"symmetric_pairs: {entry!r} is not of the form 'a:b'")
+                pairs.append((parts[0], parts[1]))
+            pairs = tuple(pairs)
+        engine = EngineConfig(num_frames=v['num_frames'], window_seconds=v['window_seconds'],
+                              infer_every=v['infer_every'], top_k=v['top_k'],
+                              ambiguity_margin=v['ambiguity_margin'],
+                              order_check=v['order_check'])
+        return cls(backbone_weights=weights, image_size=v['backbone.image_size'],
+                   device=v['device'], precision=v['precision'], head_checkpoints=checkpoints,
+                   head_topics=topics, engine=engine, symmetric_pairs=pairs,
+                   image_qos=v['image_qos'], subscribe_compressed=v['subscribe_compressed'],
+                   debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'])
+
+
+def _typed(param: Param, value: Any) -> Any:
+    """Check a value has the type of the parameter's default (ints widen to floats)."""
+    want = type(param.default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f'{param.name}={value!r}: expected a list of strings')
+        return list(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f'{param.name}={value!r}: expected {want.__name__}, got '
+                          f'{type(value).__name__}')
+    return value
+
+
+def package_share() -> Path:
+    """The installed share/step_ros directory, or the source tree when not installed."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory('step_ros'))
+    except Exception:  # not installed with colcon, or ament_index not importable
+        return Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str) -> str:
+    """Expand 'package://step_ros/...' and '~'."""
+    if path.startswith(PACKAGE_PREFIX):
+        return str(package_share() / path[len(PACKAGE_PREFIX):])
+    return str(Path(path).expanduser())
+
+
+def load_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """Read a ROS 2 parameters YAML file into {dotted name: value} for `node_name`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'params file {str(path)!r} does not exist')
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'params file {str(path)!r} is not valid YAML: {exc}') from exc
+    values: dict[str, Any] = {}
+    for key in ('/**', node_name, f'/{node_name}'):
+        section = document.get(key, {}) if isinstance(document, dict) else {}
+        params = section.get('ros__parameters', {}) if isinstance(section, dict) else {}
+        values.update(_flatten(params))
+    if not values:
+        raise ConfigError(f"params file {str(path)!r} has no '/**' or {node_name!r} "
+                          'ros__parameters section')
+    return values
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f'{name}.'))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,80 @@
+"""Camera image decoding without ROS: raw sensor_msgs/Image fields and compressed bytes -> RGB.
+
+Used by the node and by the bag tools alike, so a frame decodes the same live and offline.
+Anything that is not a colour or mono camera image raises `ImageRejected` with the reason.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+class ImageRejected(ValueError):
+    """The image cannot be used; `kind` groups reasons for counting and rate-limited warnings."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# encoding -> (channels, conversion to RGB or None)
+_RAW = {
+    'rgb8': (3, None),
+    'bgr8': (3, cv2.COLOR_BGR2RGB),
+    'mono8': (1, cv2.COLOR_GRAY2RGB),
+    'rgba8': (4, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, cv2.COLOR_BGRA2RGB),
+    'yuv422': (2, cv2.COLOR_YUV2RGB_UYVY),  # ROS 'yuv422' is UYVY byte order
+    'uyvy': (2, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUY2),
+    'yuyv': (2, cv2.COLOR_YUV2RGB_YUY2),
+}
+SUPPORTED_RAW = tuple(_RAW)
+
+
+def decode_raw(encoding: str, height: int, width: int, step: int, data) -> np.ndarray:
+    """sensor_msgs/Image fields -> contiguous RGB uint8 (H, W, 3)."""
+    enc = encoding.lower()
+    if enc not in _RAW:
+        raise ImageRejected('encoding', f'unsupported encoding {encoding!r} (supported: '
+                            f"{', '.join(SUPPORTED_RAW)})")
+    channels, conversion = _RAW[enc]
+    if height <= 0 or width <= 0:
+        raise ImageRejected('size', f'empty image {width}x{height}')
+    row = width * channels
+    if step < row:
+        raise ImageRejected('size', f'step {step} is smaller than width*channels {row}')
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if buffer.size != step * height:
+        raise ImageRejected('size', f'{encoding} {width}x{height} step {step} needs '
+                            f'{step * height} bytes, got {buffer.size}')
+    image = buffer.reshape(height, step)[:, :row].reshape(height, width, channels)
+    if conversion is None:
+        return np.ascontiguousarray(image)
+    if channels == 1:
+        image = image[:, :, 0]
+    return cv2.cvtColor(image, conversion)
+
+
+def decode_compressed(fmt: str, data) -> np.ndarray:
+    """sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3)."""
+    lowered = fmt.lower()
+    if 'compresseddepth' in lowered or '16uc1' in lowered or '32fc1' in lowered:
+        raise ImageRejected('encoding', f'depth image {fmt!r} is not a camera image')
+    if lowered and not any(k in lowered for k in ('jpeg', 'jpg', 'png')):
+        raise ImageRejected('encoding', f'unsupported compressed format {fmt!r} (jpeg, png)')
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise ImageRejected('data', 'empty compressed image')
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageRejected('data', f'undecodable {fmt or "compressed"} data '
+                            f'({buffer.size} bytes)')
+    if image.dtype != np.uint8:
+        raise ImageRejected('encoding', f'{fmt!r} decodes to {image.dtype}, not 8-bit colour')
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,43 @@
+"""Builds the streaming engine from a PerceptionConfig: the one path the node and tools share."""
+
+from __future__ import annotations
+
+import logging
+
+from step_ros.backbone import DTYPES, FrozenBackbone, resolve_device
+from step_ros.checkpoint import CheckpointError, load_head, validate_pairs
+from step_ros.config import ConfigError, PerceptionConfig
+from step_ros.engine import Head, StreamingEngine
+
+log = logging.getLogger(__name__)
+
+
+def effective_precision(device: str, precision: str) -> str:
+    """fp16 on a CPU is slow and partly unsupported: fall back to fp32 there, with a warning."""
+    if precision == 'fp16' and resolve_device(device).type == 'cpu':
+        log.warning('precision=fp16 is not used on the CPU; running fp32')
+        return 'fp32'
+    return precision
+
+
+def build_engine(config: PerceptionConfig, *, profile: bool = False) -> StreamingEngine:
+    """Load the backbone and every head, check they fit together, return the engine."""
+    precision = effective_precision(config.device, config.precision)
+    backbone = FrozenBackbone.load(config.backbone_weights, image_size=config.image_size,
+                                   device=config.device, precision=precision)
+    heads = []
+    for path in config.head_checkpoints:
+        module, meta = load_head(path, device=backbone.device, dtype=DTYPES[precision])
+        pairs = None
+        if config.symmetric_pairs is not None:
+            wanted = [p for p in config.symmetric_pairs
+                      if p[0] in meta.labels or p[1] in meta.labels]
+            try:
+                pairs = validate_pairs(meta.labels, wanted)
+            except ValueError as exc:
+                raise ConfigError(f'symmetric_pairs: {exc} (head {path})') from exc
+        heads.append(Head(module, meta, pairs))
+    tasks = [h.task for h in heads]
+    if len(set(tasks)) != len(tasks):
+        raise CheckpointError(f'heads.checkpoints: two heads share a task name: {tasks}')
+    return StreamingEngine(backbone, heads, config.engine, profile=profile)
