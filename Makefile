@@ -1,0 +1,34 @@
+# Every target prepares its own environment through scripts/bootstrap.sh (fast when up to date).
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+# Keep ROS traffic of tests on this machine, in a domain of its own.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+ifndef ROS_DOMAIN_ID
+export ROS_DOMAIN_ID := $(shell echo $$(( RANDOM % 100 + 1 )))
+endif
+
+.PHONY: bootstrap build test demo lint clean distclean
+
+bootstrap:
+	scripts/bootstrap.sh
+
+build: bootstrap
+
+# pytest exits 5 when it collected no tests: report it, and fail.
+test: bootstrap
+	@rc=0; scripts/run python -m pytest test -q -rs || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'step_ros: ERROR: pytest collected no tests' >&2; fi; \
+	exit $$rc
+
+demo: bootstrap
+	scripts/run python -m step_ros demo
+
+lint: bootstrap
+	scripts/run ruff check .
+
+clean:
+	rm -rf build install log
+
+distclean: clean
+	rm -rf .venv
