@@ -13,7 +13,7 @@ COMMANDS = {
     'eval': ('step_ros.tools.evaluate', 'accuracy (symmetric / non-symmetric / reversed) report'),
     'report': ('step_ros.tools.report', 'compare all head kinds on one cache (paper tables)'),
     'bag-eval': ('step_ros.tools.bag_eval', 'run the streaming engine over a rosbag and score it'),
-    'replay': ('step_ros.ros.replay', 'publish a bag\'s images with rclpy (with /clock)'),
+    'replay': ('step_ros.ros.replay', "publish a bag's images with rclpy (with /clock)"),
     'bench': ('step_ros.tools.bench', 'performance harness: streaming vs naive, latency, memory'),
     'demo': ('step_ros.ros.demo', 'run the node on a built-in synthetic camera and print actions'),
 }

@@ -126,7 +126,7 @@ def _load_directory(path: Path) -> tuple[nn.Module, str]:
 
 
 class FrozenBackbone(nn.Module):
-    """Frames (B, H, W, 3) uint8 RGB -> tokens (B, 1 + N, D): CLS then patches, registers dropped."""
+    """uint8 RGB frames (B, H, W, 3) -> tokens (B, 1 + N, D): CLS, then patches (no registers)."""
 
     def __init__(self, *, model: nn.Module, info: BackboneInfo, device: torch.device,
                  dtype: torch.dtype) -> None:
@@ -140,6 +140,8 @@ class FrozenBackbone(nn.Module):
         mean, std = NORMALISATION[info.family]
         self.register_buffer('mean', torch.tensor(mean, device=device).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor(std, device=device).view(1, 3, 1, 1))
+        self._staging: torch.Tensor | None = None  # pinned host buffer for CUDA uploads
+        self._uploaded: torch.cuda.Event | None = None
 
     @classmethod
     def load(cls, weights: str, *, image_size: int = 0, device: str = 'cpu',
@@ -205,9 +207,19 @@ class FrozenBackbone(nn.Module):
         tensor = torch.as_tensor(frames)
         if tensor.device == self.device:
             return tensor
-        if self.device.type == 'cuda':
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
+        if self.device.type != 'cuda':
+            return tensor.to(self.device)
+        # Pinning memory per frame costs more than the copy: reuse one pinned staging buffer,
+        # waiting only if the previous asynchronous upload from it is still in flight.
+        if self._staging is None or self._staging.shape != tensor.shape:
+            self._staging = torch.empty(tensor.shape, dtype=torch.uint8, pin_memory=True)
+            self._uploaded = torch.cuda.Event()
+        else:
+            self._uploaded.synchronize()
+        self._staging.copy_(tensor)
+        on_device = self._staging.to(self.device, non_blocking=True)
+        self._uploaded.record()
+        return on_device
 
     def forward(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 frames (B, H, W, 3), host or device -> tokens (B, 1 + N, D) on the device."""

@@ -36,7 +36,7 @@ PARAMETERS: tuple[Param, ...] = (
           "Frozen backbone: 'tiny' / 'tiny-clip' (built-in, seeded random weights) or a local "
           'Hugging Face directory (config.json + model.safetensors) of DINOv2 or CLIP ViT.'),
     Param('backbone.image_size', 224,
-          'Side of the square input in pixels; a multiple of the patch size (0: the model\'s).'),
+          "Side of the square input in pixels; a multiple of the patch size (0: the model's)."),
     Param('device', 'cuda', "Inference device: 'auto', 'cpu', 'cuda' or 'cuda:N'.",
           ('auto', 'cpu', 'cuda')),
     Param('precision', 'fp16', 'Backbone and head precision.', ('fp32', 'fp16', 'bf16')),
@@ -45,7 +45,7 @@ PARAMETERS: tuple[Param, ...] = (
           "backbone pass. A path may start with 'package://step_ros/'."),
     Param('heads.topics', ['human_action'],
           'Output topic of each head, same order as heads.checkpoints.'),
-    Param('num_frames', 16, 'T: frames per window; must equal the heads\' training T.'),
+    Param('num_frames', 16, "T: frames per window; must equal the heads' training T."),
     Param('window_seconds', 2.0, 'Seconds of header time one window spans.'),
     Param('infer_every', 1, 'Run the heads every k-th sampled frame once the window is full.'),
     Param('top_k', 5, 'Number of classes in top_labels / top_scores.'),
@@ -55,7 +55,7 @@ PARAMETERS: tuple[Param, ...] = (
           'Also run the heads on the time-reversed window (no backbone cost) and flag '
           'symmetric predictions that do not flip.'),
     Param('symmetric_pairs', [''],
-          "Override the checkpoints' symmetric pairs: entries 'a:b'; [''] keeps the checkpoints'."),
+          "Override the checkpoints' symmetric pairs: entries 'a:b'; [''] keeps theirs."),
     Param('image_qos', 'sensor_data',
           "Image subscription QoS: 'sensor_data' (best effort, depth 5) or 'reliable'.",
           ('sensor_data', 'reliable')),
