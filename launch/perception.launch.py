@@ -1,0 +1,50 @@
+"""Start perception_node on one camera.
+
+    ros2 launch step_ros perception.launch.py camera:=/my/camera/image_raw
+    ros2 launch step_ros perception.launch.py params_file:=/path/demo.yaml device:=cpu
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.launch_context import LaunchContext
+from launch.launch_description import LaunchDescription
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def _perception_node(context: LaunchContext) -> list[Node]:
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    camera = arg('camera')
+    parameters: list = [arg('params_file'),
+                        {'use_sim_time': arg('use_sim_time').lower() in ('true', '1')}]
+    if arg('device'):
+        parameters.append({'device': arg('device')})
+    return [Node(package='step_ros', executable='perception_node', name='perception_node',
+                 namespace=arg('namespace'), output='screen', emulate_tty=True,
+                 parameters=parameters,
+                 remappings=[('image', camera), ('image/compressed', f'{camera}/compressed')])]
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = Path(get_package_share_directory('step_ros')) / 'config' / 'perception.yaml'
+    return LaunchDescription([
+        DeclareLaunchArgument('camera', default_value='/camera/image_raw',
+                              description='Image topic to recognise actions in (remaps `image`; '
+                                          '`image/compressed` follows as <camera>/compressed).'),
+        DeclareLaunchArgument('params_file', default_value=str(default_params),
+                              description='ROS 2 parameters file of perception_node.'),
+        DeclareLaunchArgument('device', default_value='',
+                              description="Overrides the `device` parameter ('auto', 'cpu', "
+                                          "'cuda', 'cuda:N'); empty keeps the file's value."),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='Namespace of the node and of its relative topics '
+                                          '(human_action, debug_image).'),
+        DeclareLaunchArgument('use_sim_time', default_value='false',
+                              description='Use /clock for the node clock (bag replay, '
+                                          'simulation); sampling follows header stamps anyway.'),
+        OpaqueFunction(function=_perception_node),
+    ])

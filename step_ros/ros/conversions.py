@@ -1,0 +1,59 @@
+"""Messages <-> numpy and engine results: the only place that knows both sides."""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from step_ros_msgs.msg import ActionLabels, HumanAction
+
+from step_ros.decode import decode_compressed, decode_raw
+from step_ros.engine import Head, Prediction
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def ns_to_time(ns: int) -> Time:
+    sec, nanosec = divmod(int(ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def ns_to_duration(ns: int) -> Duration:
+    sec, nanosec = divmod(max(int(ns), 0), 1_000_000_000)
+    return Duration(sec=sec, nanosec=nanosec)
+
+
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """Decode either image message to RGB uint8 (H, W, 3); raises decode.ImageRejected."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(msg.format, msg.data)
+    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+
+
+def rgb_to_image(frame: np.ndarray, *, header: Header) -> Image:
+    """RGB uint8 (H, W, 3) -> sensor_msgs/Image rgb8."""
+    height, width, _ = frame.shape
+    msg = Image(header=header, height=height, width=width, encoding='rgb8', is_bigendian=0,
+                step=width * 3)
+    msg.data = np.ascontiguousarray(frame, dtype=np.uint8).tobytes()
+    return msg
+
+
+def prediction_to_msg(prediction: Prediction, *, header: Header, latency_ns: int
+                      ) -> HumanAction:
+    return HumanAction(
+        header=header, window_start=ns_to_time(prediction.window_start_ns),
+        task=prediction.task, label=prediction.label, label_id=prediction.label_id,
+        confidence=prediction.confidence, top_labels=list(prediction.top_labels),
+        top_scores=list(prediction.top_scores), ambiguous=prediction.ambiguous,
+        ambiguous_with=prediction.ambiguous_with,
+        ambiguity_reason=prediction.ambiguity_reason, margin=prediction.margin,
+        frames=prediction.frames, latency=ns_to_duration(latency_ns))
+
+
+def labels_msg(head: Head, *, topic: str) -> ActionLabels:
+    return ActionLabels(task=head.task, topic=topic, labels=list(head.labels),
+                        pair_a=[a for a, _ in head.pairs], pair_b=[b for _, b in head.pairs])

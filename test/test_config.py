@@ -1,0 +1,87 @@
+"""config/*.yaml against the parameter table, and bad values named in the error."""
+
+from pathlib import Path
+
+import pytest
+from node_helpers import REPO
+
+from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, PerceptionConfig, load_params_file
+
+
+def test_perception_yaml_equals_the_node_defaults():
+    values = load_params_file(REPO / 'config' / 'perception.yaml')
+    assert values == DEFAULTS, {k: (values.get(k), DEFAULTS.get(k))
+                                for k in set(values) | set(DEFAULTS)
+                                if values.get(k) != DEFAULTS.get(k)}
+
+
+def test_every_parameter_is_described():
+    for p in PARAMETERS:
+        assert len(p.description) > 15, f'{p.name}: description {p.description!r}'
+
+
+@pytest.mark.skipif(Path('/opt/step_ros/models/heads/action.safetensors').exists(),
+                    reason='the deployment models are installed on this machine')
+def test_real_deployment_config_names_the_missing_model():
+    values = load_params_file(REPO / 'config' / 'perception.yaml')
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params(values)
+    assert '/opt/step_ros/models/' in str(info.value), str(info.value)
+
+
+def test_demo_yaml_is_the_tiny_cpu_setup():
+    values = load_params_file(REPO / 'config' / 'demo.yaml')
+    assert set(values) <= set(DEFAULTS), sorted(set(values) - set(DEFAULTS))
+    assert values['backbone.weights'] == 'tiny' and values['device'] == 'cpu'
+    assert values['precision'] == 'fp32' and values['num_frames'] == 8
+    assert values['window_seconds'] == 2.0
+    assert values['heads.checkpoints'] == ['package://step_ros/models/demo_action.safetensors']
+
+
+@pytest.fixture
+def valid(tmp_path):
+    head = tmp_path / 'head.safetensors'
+    head.write_bytes(b'x' * 16)  # from_params only checks that the file is there
+    return {'backbone.weights': 'tiny', 'heads.checkpoints': [str(head)], 'device': 'cpu'}
+
+
+def test_valid_values_give_the_config(valid):
+    config = PerceptionConfig.from_params({**valid, 'window_seconds': 3, 'num_frames': 6,
+                                           'symmetric_pairs': ['a:b']})
+    assert config.engine.window_seconds == 3.0 and config.engine.num_frames == 6
+    assert config.symmetric_pairs == (('a', 'b'),)
+    assert config.head_topics == ('human_action',)
+
+
+@pytest.mark.parametrize('name, value', [
+    ('num_frames', 0),
+    ('num_frames', 'sixteen'),
+    ('num_frames', 2.5),
+    ('window_seconds', -1.0),
+    ('top_k', 0),
+    ('infer_every', 0),
+    ('ambiguity_margin', 1.5),
+    ('device', 'gpu'),
+    ('precision', 'fp8'),
+    ('image_qos', 'fast'),
+    ('debug_image', 'yes'),
+    ('diagnostics_period', 0.0),
+    ('backbone.image_size', -14),
+    ('backbone.weights', '/nonexistent/dinov2'),
+    ('heads.topics', ['a', 'b']),
+    ('heads.checkpoints', ['/nonexistent/head.safetensors']),
+    ('symmetric_pairs', ['pick_up-put_down']),
+])
+def test_bad_value_names_parameter_and_value(valid, name, value):
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params({**valid, name: value})
+    message = str(info.value)
+    assert name in message, message
+    shown = value[0] if isinstance(value, list) and len(value) == 1 else value
+    assert str(shown).strip('/') in message or repr(shown) in message, message
+
+
+def test_unknown_parameter_is_named(valid):
+    """A typo must not fall back silently to the default."""
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['num_frame'\]"):
+        PerceptionConfig.from_params({**valid, 'num_frame': 8})

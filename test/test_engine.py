@@ -1,0 +1,198 @@
+"""The streaming engine: stamp sampling, resets, warm-up, infer_every, top-k, ambiguity."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from node_helpers import LABELS, PAIRS, tiny_info
+from torch import nn
+
+from step_ros.backbone import FrozenBackbone
+from step_ros.checkpoint import HeadMeta, load_head
+from step_ros.engine import EngineConfig, Head, StampSampler, StreamingEngine
+from step_ros.heads import PRESETS
+
+T = 4
+PERIOD_NS = 250_000_000  # window_seconds=1.0 / T
+BASE_NS = 1_700_000_000_000_000_000
+
+
+@pytest.fixture(scope='module')
+def backbone():
+    return FrozenBackbone.load('tiny')
+
+
+def _meta(num_frames: int = T) -> HeadMeta:
+    return HeadMeta(task='action', labels=LABELS, symmetric_pairs=PAIRS, head=PRESETS['step'],
+                    num_frames=num_frames, backbone=tiny_info().to_dict())
+
+
+class FixedProbs(nn.Module):
+    """A head whose softmax output is `probs` whatever the window."""
+
+    def __init__(self, probs) -> None:
+        super().__init__()
+        self.register_buffer('logits', torch.log(torch.tensor(probs, dtype=torch.float32)))
+
+    def forward(self, tokens):  # (B, T, 1 + N, D) -> (B, C)
+        return self.logits.expand(tokens.shape[0], -1)
+
+
+class OrderSensitive(nn.Module):
+    """pick_up vs put_down decided by whether features grow or shrink over the window."""
+
+    def forward(self, tokens):  # (B, T, 1 + N, D) -> (B, C)
+        feature = tokens[:, :, :, 0].float().mean(dim=2)  # (B, T): one channel, all tokens
+        trend = (feature[:, -1] - feature[:, 0]) * 1e3  # (B,), flips sign when reversed
+        zero = torch.zeros_like(trend)
+        return torch.stack([trend, -trend, zero, zero, zero], dim=1)
+
+
+def _engine(backbone, module=None, **config) -> StreamingEngine:
+    if module is None:
+        module, meta = load_head_random(config.get('num_frames', T))
+    else:
+        meta = _meta(config.get('num_frames', T))
+    cfg = EngineConfig(**{'num_frames': T, 'window_seconds': 1.0, 'top_k': 3, **config})
+    return StreamingEngine(backbone, [Head(module, meta)], cfg)
+
+
+def load_head_random(num_frames: int):
+    import tempfile
+    from pathlib import Path
+
+    from node_helpers import make_head
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_head(make_head(Path(tmp) / 'h.safetensors', num_frames=num_frames, seed=1))
+
+
+def _frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _run(engine, frames, stamps, received=None):
+    results = []
+    for i, (frame, stamp) in enumerate(zip(frames, stamps)):
+        results.append(engine.push(frame, stamp, None if received is None else received[i]))
+    return results
+
+
+def test_sampler_keeps_one_frame_per_period_of_header_time():
+    sampler = StampSampler(period_ns=PERIOD_NS, max_gap_ns=10**9)
+    stamps = [BASE_NS + round(i * 1e9 / 30) for i in range(120)]  # 30 fps for 4 s
+    kept = [s for s in stamps if sampler.offer(s)[0]]
+    assert len(kept) == 16, f'kept {len(kept)} of 120 frames, expected 16 (4 s / 0.25 s)'
+    gaps = np.diff(kept) / 1e9
+    assert gaps.min() >= 0.225 and gaps.max() <= 0.275, gaps
+
+
+def test_replay_rate_does_not_change_windows(backbone):
+    """Bag replay at 1x, 10x or with jittery arrival: same stamps in, same windows out."""
+    frames = _frames(60)
+    stamps = [BASE_NS + round(i * 1e9 / 30) for i in range(60)]
+    outputs = []
+    for rate in (1.0, 10.0, 0.3):
+        engine = _engine(backbone)
+        received = [round(i * 1e9 / 30 / rate) for i in range(60)]
+        predictions = [p for r in _run(engine, frames, stamps, received) for p in r.predictions]
+        outputs.append([(p.stamp_ns, p.window_start_ns, p.label, round(p.confidence, 5))
+                        for p in predictions])
+    assert outputs[0] and outputs[0] == outputs[1] == outputs[2], outputs
+
+
+def test_warming_up_until_t_sampled_frames(backbone):
+    engine = _engine(backbone)
+    stamps = [BASE_NS + i * PERIOD_NS for i in range(T + 1)]
+    results = _run(engine, _frames(T + 1), stamps)
+    for k, result in enumerate(results[:T - 1], start=1):
+        assert result.sampled and not result.predictions, f'prediction after {k} frames'
+    assert engine.buffered == T and not engine.warming_up
+    first = results[T - 1].predictions
+    assert len(first) == 1 and first[0].frames == T
+    assert first[0].stamp_ns == stamps[T - 1] and first[0].window_start_ns == stamps[0]
+    assert results[T].predictions[0].window_start_ns == stamps[1]
+
+
+def test_backwards_stamps_and_gaps_restart_the_window(backbone):
+    engine = _engine(backbone)
+    stamps = [BASE_NS + i * PERIOD_NS for i in range(T)]
+    _run(engine, _frames(T), stamps)
+    assert not engine.warming_up
+    back = engine.push(_frames(1)[0], stamps[0] - PERIOD_NS)  # bag loop
+    assert back.reset and back.sampled and not back.predictions
+    assert engine.warming_up and engine.buffered == 1
+    _run(engine, _frames(T - 1), [stamps[0] + i * PERIOD_NS for i in range(T - 1)])
+    assert not engine.warming_up
+    gap = engine.push(_frames(1)[0], stamps[0] + 10 * 10**9)  # 10 s later: more than a window
+    assert gap.reset and engine.buffered == 1 and not gap.predictions
+    assert engine.stats['resets'] == 2
+
+
+def test_infer_every_k_sampled_frames(backbone):
+    engine = _engine(backbone, infer_every=3)
+    stamps = [BASE_NS + i * PERIOD_NS for i in range(T + 7)]
+    results = _run(engine, _frames(T + 7), stamps)
+    with_output = [i for i, r in enumerate(results) if r.predictions]
+    assert with_output == [T - 1, T + 2, T + 5], with_output
+
+
+def test_one_backbone_pass_per_sampled_frame(backbone, monkeypatch):
+    engine = _engine(backbone)
+    batches = []
+    forward = backbone.forward_pixels
+
+    def counting(pixels):
+        batches.append(pixels.shape[0])
+        return forward(pixels)
+
+    monkeypatch.setattr(backbone, 'forward_pixels', counting)
+    stamps = [BASE_NS + round(i * 1e9 / 30) for i in range(90)]  # 3 s at 30 fps
+    results = _run(engine, _frames(90), stamps)
+    sampled = sum(r.sampled for r in results)
+    predictions = sum(len(r.predictions) for r in results)
+    assert sampled == 12 and predictions == sampled - T + 1
+    assert batches == [1] * sampled, f'{len(batches)} backbone calls for {sampled} sampled frames'
+    assert engine.stats['backbone_frames'] == sampled
+
+
+def test_top_k_is_sorted_and_starts_with_the_label(backbone):
+    probs = [0.1, 0.05, 0.5, 0.15, 0.2]
+    engine = _engine(backbone, FixedProbs(probs), top_k=3)
+    p = _run(engine, _frames(T), [BASE_NS + i * PERIOD_NS for i in range(T)])[-1].predictions[0]
+    assert p.top_labels == ('open_drawer', 'wave', 'close_drawer'), p.top_labels
+    assert p.label == p.top_labels[0] and p.label_id == 2
+    assert list(p.top_scores) == sorted(p.top_scores, reverse=True)
+    assert math.isclose(p.confidence, 0.5, abs_tol=1e-5)
+    assert math.isclose(p.margin, 0.3, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize('probs, ambiguous, counterpart', [
+    ([0.45, 0.40, 0.05, 0.05, 0.05], True, 'put_down'),  # pair, margin 0.05 < 0.15
+    ([0.40, 0.45, 0.05, 0.05, 0.05], True, 'pick_up'),
+    ([0.60, 0.30, 0.05, 0.03, 0.02], False, ''),  # pair, margin 0.30 >= 0.15
+    ([0.45, 0.05, 0.40, 0.05, 0.05], False, ''),  # close, but not a symmetric pair
+    ([0.05, 0.05, 0.05, 0.40, 0.45], False, ''),  # wave has no counterpart
+])
+def test_ambiguity_margin_rule(backbone, probs, ambiguous, counterpart):
+    engine = _engine(backbone, FixedProbs(probs), ambiguity_margin=0.15)
+    p = _run(engine, _frames(T), [BASE_NS + i * PERIOD_NS for i in range(T)])[-1].predictions[0]
+    assert (p.ambiguous, p.ambiguous_with) == (ambiguous, counterpart), (probs, p)
+    assert p.ambiguity_reason == ('margin' if ambiguous else '')
+
+
+def test_order_check_flags_order_blind_predictions(backbone):
+    stamps = [BASE_NS + i * PERIOD_NS for i in range(T)]
+    blind = _engine(backbone, FixedProbs([0.9, 0.04, 0.02, 0.02, 0.02]), order_check=True)
+    p = _run(blind, _frames(T), stamps)[-1].predictions[0]
+    assert (p.label, p.ambiguous, p.ambiguity_reason, p.ambiguous_with) == \
+        ('pick_up', True, 'order', 'put_down')
+    # Frames that brighten over the window: the order-sensitive head flips when reversed.
+    ramp = [np.full((48, 64, 3), 40 + 50 * i, dtype=np.uint8) for i in range(T)]
+    grounded = _engine(backbone, OrderSensitive(), order_check=True)
+    p = _run(grounded, ramp, stamps)[-1].predictions[0]
+    assert p.label in ('pick_up', 'put_down') and p.confidence > 0.9, p
+    assert not p.ambiguous and p.ambiguity_reason == '', p
+    off = _engine(backbone, FixedProbs([0.9, 0.04, 0.02, 0.02, 0.02]), order_check=False)
+    assert not _run(off, _frames(T), stamps)[-1].predictions[0].ambiguous

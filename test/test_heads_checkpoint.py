@@ -1,0 +1,111 @@
+"""STEP's parameter count, and head checkpoints: round trip and every start-up error."""
+
+import pickle
+
+import pytest
+import torch
+from node_helpers import LABELS, PAIRS, make_head, tiny_info
+
+from step_ros.backbone import FrozenBackbone
+from step_ros.checkpoint import CheckpointError, load_head, read_meta
+from step_ros.engine import EngineConfig, Head, StreamingEngine
+from step_ros.heads import PRESETS, build_head, count_trainable
+
+
+def test_step_parameter_count_vit_b():
+    d, t, classes = 768, 16, 30
+    head = build_head(PRESETS['step'], dim=d, num_frames=t, num_patches=256,
+                      num_classes=classes)
+    expected = (t * d  # frame-wise temporal embeddings t_1..t_T
+                + d  # the global CLS token
+                + (3 * d * d + 3 * d)  # qkv projection of the 12-head self-attention
+                + (d * d + d)  # its output projection
+                + (classes * d + classes))  # the classifier
+    assert expected == 2_398_494
+    assert count_trainable(head) == expected, (
+        f'STEP for D={d}, T={t}, {classes} classes has {count_trainable(head)} trainable '
+        f'parameters, expected {expected}')
+    assert head.attn.num_heads == 12
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    path = make_head(tmp_path / 'head.safetensors', num_frames=4, seed=3)
+    module, meta = load_head(path)
+    assert meta.labels == LABELS and meta.symmetric_pairs == PAIRS and meta.num_frames == 4
+    assert meta.backbone == tiny_info().to_dict()
+    torch.manual_seed(3)
+    info = tiny_info()
+    original = build_head(PRESETS['step'], dim=info.embed_dim, num_frames=4,
+                          num_patches=info.num_patches, num_classes=len(LABELS))
+    tokens = torch.randn(2, 4, 1 + info.num_patches, info.embed_dim)  # (B, T, 1 + N, D)
+    with torch.inference_mode():
+        assert torch.allclose(module(tokens), original.eval()(tokens), atol=1e-6)
+    assert not any(p.requires_grad for p in module.parameters())
+    assert read_meta(path) == meta
+
+
+def test_pickle_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / 'head.safetensors'
+    marker = tmp_path / 'executed'
+    # Unpickling this would create `marker`: the loader must refuse before that.
+    path.write_bytes(pickle.dumps(_Exploit(str(marker)), protocol=2))
+    with pytest.raises(CheckpointError, match='pickled') as info:
+        load_head(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+    torch.save({'weight': torch.zeros(2)}, tmp_path / 'zip.pt')  # zip-based torch format
+    with pytest.raises(CheckpointError, match='pickled'):
+        load_head(tmp_path / 'zip.pt')
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+@pytest.mark.parametrize('keep', [4, 100, -100])
+def test_truncated_file_is_a_clear_error(tmp_path, keep):
+    good = make_head(tmp_path / 'good.safetensors', num_frames=4).read_bytes()
+    path = tmp_path / 'cut.safetensors'
+    path.write_bytes(good[:keep])
+    with pytest.raises(CheckpointError) as info:
+        load_head(path)
+    message = str(info.value)
+    assert str(path) in message and ('truncated' in message or 'not a readable' in message), \
+        message
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match='no such head checkpoint'):
+        load_head(tmp_path / 'absent.safetensors')
+
+
+@pytest.fixture(scope='module')
+def backbone():
+    return FrozenBackbone.load('tiny')
+
+
+def test_feature_dim_mismatch_is_refused(tmp_path, backbone):
+    wrong = tiny_info().__class__(**{**tiny_info().to_dict(), 'embed_dim': 48})
+    path = make_head(tmp_path / 'd48.safetensors', num_frames=4, info=wrong)
+    module, meta = load_head(path)
+    with pytest.raises(CheckpointError, match='embed_dim=48') as info:
+        StreamingEngine(backbone, [Head(module, meta)], EngineConfig(num_frames=4))
+    assert 'embed_dim=96' in str(info.value)
+
+
+def test_frame_count_mismatch_is_refused(tmp_path, backbone):
+    module, meta = load_head(make_head(tmp_path / 't4.safetensors', num_frames=4))
+    with pytest.raises(CheckpointError, match='num_frames=8') as info:
+        StreamingEngine(backbone, [Head(module, meta)], EngineConfig(num_frames=8))
+    assert 'trained on 4 frames' in str(info.value)
+
+
+def test_other_backbone_weights_are_refused(tmp_path, backbone):
+    other = tiny_info().__class__(**{**tiny_info().to_dict(), 'fingerprint': '0123456789abcdef'})
+    module, meta = load_head(make_head(tmp_path / 'fp.safetensors', num_frames=4, info=other))
+    with pytest.raises(CheckpointError, match='fingerprint'):
+        StreamingEngine(backbone, [Head(module, meta)], EngineConfig(num_frames=4))

@@ -1,0 +1,159 @@
+"""perception_node as a real process: a separate rclpy process publishes frames, gets actions."""
+
+import os
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
+pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from node_helpers import LABELS, REPO, NodeProcess, ros_env, spin_until, tiny_params  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from step_ros_msgs.msg import ActionLabels, HumanAction  # noqa: E402
+
+from step_ros.ros.conversions import ns_to_time, rgb_to_image, stamp_to_ns  # noqa: E402
+from step_ros.ros.perception_node import IMAGE_QOS, LATCHED_QOS, RESULT_QOS  # noqa: E402
+
+T = 4
+PERIOD_NS = 250_000_000  # window_seconds 1.0 / T
+BASE_NS = 1_000_000_000_000  # header stamps start at t = 1000 s
+CAMERA = '/some/camera/image_raw'
+
+
+@pytest.fixture(scope='module')
+def env():
+    return ros_env()
+
+
+@pytest.fixture(scope='module')
+def client(env):
+    """An rclpy context of this test process in the node's domain."""
+    saved = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
+    node = rclpy.create_node('test_client', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    yield node, executor
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+    if saved is None:
+        os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
+    else:
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved
+
+
+@pytest.fixture(scope='module')
+def perception(tmp_path_factory, env):
+    tmp = tmp_path_factory.mktemp('node')
+    params = tiny_params(tmp, num_frames=T, window_seconds=1.0, debug_image=True)
+    # use_sim_time without a /clock: sampling and latency must not depend on the node clock.
+    process = NodeProcess(['--params-file', str(params), '-r', f'image:={CAMERA}',
+                           '-p', 'use_sim_time:=true'], env=env, log=tmp / 'node.log')
+    yield process
+    process.stop()
+
+
+def _frame(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    return rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+
+
+def test_actions_from_published_frames(client, perception):
+    node, executor = client
+    labels, actions, diagnostics, debug = [], [], [], []
+    node.create_subscription(Image, '/debug_image', debug.append, RESULT_QOS)
+    node.create_subscription(ActionLabels, '/human_action/labels', labels.append, LATCHED_QOS)
+    node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
+    node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, RESULT_QOS)
+    camera = node.create_publisher(Image, CAMERA, IMAGE_QOS['sensor_data'])
+
+    # The labels are latched: this subscriber joins after the node published them.
+    assert spin_until(executor, lambda: labels, timeout=60, process=perception), \
+        f'no ActionLabels from perception_node; its output:\n{perception.output()}'
+    assert tuple(labels[0].labels) == LABELS and labels[0].task == 'action'
+    assert labels[0].topic == '/human_action'
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0, timeout=20), \
+        f'perception_node does not subscribe {CAMERA}:\n{perception.output()}'
+
+    published: list[int] = []
+
+    def publish(i: int) -> None:
+        stamp = BASE_NS + i * PERIOD_NS // 2  # 8 Hz of header time: every other one is sampled
+        published.append(stamp)
+        camera.publish(rgb_to_image(_frame(i), header=Header(stamp=ns_to_time(stamp),
+                                                             frame_id='test_cam')))
+        spin_until(executor, lambda: False, timeout=0.1)
+
+    def state(text: str) -> bool:
+        return any(kv.key == 'state' and kv.value == text
+                   for msg in diagnostics for status in msg.status for kv in status.values)
+
+    # 3 sampled frames of 4: the node reports that it warms up, and publishes nothing.
+    for i in range(5):
+        publish(i)
+    assert spin_until(executor, lambda: state(f'warming up (3/{T} frames)'), timeout=30), \
+        f'diagnostics never said warming up (3/{T}); output:\n{perception.output()}'
+    assert not actions, f'published while warming up: {actions[0]}'
+
+    i = 5
+    while len(actions) < 3 and i < 60 and perception.process.poll() is None:
+        publish(i)
+        i += 1
+    spin_until(executor, lambda: len(actions) >= 3, timeout=10)
+    assert len(actions) >= 3, f'{len(actions)} HumanAction for {i} frames:\n{perception.output()}'
+    for msg in actions:
+        stamp, start = stamp_to_ns(msg.header.stamp), stamp_to_ns(msg.window_start)
+        assert stamp in published and start in published, (stamp, start)
+        # T - 1 sampling periods; a period longer when a busy worker dropped a sampled frame.
+        assert (T - 1) * PERIOD_NS <= stamp - start <= T * PERIOD_NS, (stamp, start)
+        assert msg.header.frame_id == 'test_cam' and msg.frames == T and msg.task == 'action'
+        assert msg.label in LABELS and msg.label == msg.top_labels[0]
+        assert LABELS.index(msg.label) == msg.label_id
+        assert len(msg.top_labels) == 3 and list(msg.top_scores) == sorted(msg.top_scores,
+                                                                          reverse=True)
+        assert abs(msg.confidence - msg.top_scores[0]) < 1e-6
+        assert abs(msg.margin - (msg.top_scores[0] - msg.top_scores[1])) < 1e-5
+        latency = msg.latency.sec + msg.latency.nanosec * 1e-9
+        assert 0 < latency < 10, latency
+    assert spin_until(executor, lambda: state('running'), timeout=5), 'diagnostics not running'
+    status = diagnostics[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.name == 'perception_node: action recognition'
+    assert int(values['received']) >= len(actions) and int(values['rejected']) == 0, values
+    assert float(values['latency p50 (ms)']) > 0, values
+    assert perception.process.poll() is None
+    # debug_image: the newest frame of a window with its label written on it.
+    assert debug, 'no debug_image while debug_image is true'
+    image = debug[0]
+    assert (image.encoding, image.height, image.width) == ('rgb8', 60, 80)
+    frame_id = published.index(stamp_to_ns(image.header.stamp))
+    drawn = np.frombuffer(bytes(image.data), np.uint8).reshape(60, 80, 3)
+    assert (drawn != _frame(frame_id)).any(), 'debug image has no annotation'
+
+
+def test_node_exits_cleanly_on_sigint(perception):
+    assert perception.stop() == 0, perception.output()
+    assert 'Traceback' not in perception.output(), perception.output()
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--params-file', str(REPO / 'config' / 'perception.yaml')],
+     ['heads.checkpoints', '/opt/step_ros/models/heads/action.safetensors']),
+    (['-p', 'num_frames:=0'], ['num_frames=0']),
+])
+def test_bad_configuration_fails_at_start_up(tmp_path, env, args, words):
+    if 'num_frames:=0' in args:
+        args = ['--params-file', str(tiny_params(tmp_path)), *args]
+    process = NodeProcess(args, env=env, log=tmp_path / 'node.log')
+    code = process.wait_exit(timeout=60)
+    output = process.output()
+    assert code != 0, f'perception_node exited with 0:\n{output}'
+    assert 'FATAL' in output and all(w in output for w in words), output
+    assert 'Traceback' not in output, output
