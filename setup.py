@@ -22,7 +22,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', files('launch/*.launch.py')),
-        ('share/' + package_name + '/config', files('config/*.yaml')),
+        ('share/' + package_name + '/config', files('config/*.yaml') + files('config/*.xml')),
         ('share/' + package_name + '/models', files('models/*')),
     ],
     install_requires=['setuptools'],

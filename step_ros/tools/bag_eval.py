@@ -1,0 +1,254 @@
+"""`python -m step_ros bag-eval`: run the node's streaming engine over a rosbag and score it.
+
+The engine is built from the node's own parameters file by the node's own code path
+(`load_params_file` -> `PerceptionConfig.from_params` -> `runtime.build_engine`), and fed every
+image of one topic in header-stamp order, as fast as it goes. Each prediction is scored against
+a timeline CSV (`start,end,label`, seconds of header-stamp time) at the stamp of its newest
+frame, and again over 'full windows' (oldest and newest frame inside one segment).
+
+Writes to --out: report.json, report.md, predictions.csv, params.yaml (the resolved parameters)
+and, with --write-bag, bag/ (mcap rosbag2: the images and the HumanAction stream beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from step_ros.backbone import BackboneError
+from step_ros.bags import BagError, BagWriter, ReadStats, iter_frames, topic_count
+from step_ros.checkpoint import CheckpointError
+from step_ros.config import ConfigError, PerceptionConfig, load_params_file
+from step_ros.runtime import build_engine
+from step_ros.timeline import TimelineError, load_timeline, seconds
+
+ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
+    parser.add_argument('--bag', type=Path, required=True,
+                        help='rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag file')
+    parser.add_argument('--topic', required=True, help='Image or CompressedImage topic')
+    parser.add_argument('--labels', type=Path, required=True,
+                        help='timeline CSV: start,end,label in seconds of header-stamp time')
+    parser.add_argument('--config', type=Path, required=True,
+                        help="the node's ROS parameters YAML, e.g. config/demo.yaml")
+    parser.add_argument('--out', type=Path, required=True, help='output directory')
+    parser.add_argument('--write-bag', action='store_true',
+                        help='also write OUT/bag: the images with the HumanAction stream')
+    parser.add_argument('--task', default=None,
+                        help='head scored against the timeline (default: the first head)')
+    parser.add_argument('--device', default=None,
+                        help="override the config's device (e.g. cpu on a machine without GPU)")
+    parser.add_argument('--relative', action='store_true',
+                        help="timeline seconds count from the first image's stamp")
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _accuracy(hits: int, n: int) -> float | None:
+    return round(hits / n, 6) if n else None
+
+
+def score(records: list[tuple[str, str, bool]], *, labels: tuple[str, ...],
+          symmetric: set[str]) -> dict:
+    """Metrics of (truth, predicted, ambiguous) records; accuracies are None without samples."""
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)  # (truth, predicted)
+    groups = {k: [0, 0] for k in ('symmetric', 'non_symmetric', 'flagged', 'not_flagged')}
+    for truth, predicted, ambiguous in records:
+        confusion[index[truth], index[predicted]] += 1
+        hit = int(truth == predicted)
+        for key in ('symmetric' if truth in symmetric else 'non_symmetric',
+                    'flagged' if ambiguous else 'not_flagged'):
+            groups[key][0] += hit
+            groups[key][1] += 1
+    n = len(records)
+    hits = int(np.trace(confusion))
+    per_class = {}
+    for i, label in enumerate(labels):
+        row = confusion[i].copy()
+        total = int(row.sum())
+        row[i] = -1
+        other = int(np.argmax(row))
+        per_class[label] = dict(n=total, accuracy=_accuracy(int(confusion[i, i]), total),
+                                most_confused=labels[other] if row[other] > 0 else '')
+    return dict(
+        n=n, accuracy=_accuracy(hits, n),
+        **{k: dict(n=v[1], accuracy=_accuracy(v[0], v[1])) for k, v in groups.items()},
+        ambiguity_rate=_accuracy(groups['flagged'][1], n), per_class=per_class,
+        confusion=dict(labels=list(labels), matrix=confusion.tolist()))
+
+
+def _resolve_params(args: argparse.Namespace) -> tuple[dict, PerceptionConfig]:
+    params = load_params_file(args.config)
+    if args.device is not None:
+        params['device'] = args.device
+    return params, PerceptionConfig.from_params(params)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the engine over the bag, write the outputs, return the report."""
+    params, config = _resolve_params(args)
+    total = topic_count(args.bag, args.topic)  # a missing / wrong topic fails before the model
+    timeline = load_timeline(args.labels)
+    engine = build_engine(config)
+    heads = {h.task: h for h in engine.heads}
+    task = args.task or engine.heads[0].task
+    if task not in heads:
+        raise ConfigError(f"--task {task!r}: the config's heads are {sorted(heads)}")
+    head = heads[task]
+    timeline.check_labels(head.labels)
+    topics = {h.task: '/' + t.lstrip('/') for h, t in zip(engine.heads, config.head_topics)}
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    writer = BagWriter(out / 'bag') if args.write_bag else None
+    stats = ReadStats()
+    rows, at_stamp, full, process_ms = [], [], [], []
+    first = last = None
+    frames = iter_frames(args.bag, args.topic, stats=stats)
+    start = time.perf_counter()
+    if writer is not None:
+        writer.__enter__()
+    try:
+        for frame in tqdm(frames, total=total, desc='bag-eval', unit='frame',
+                          disable=args.no_progress):
+            if first is None:
+                first = frame.stamp_ns
+                if args.relative:
+                    timeline = timeline.shifted(first)
+            last = frame.stamp_ns
+            received = time.monotonic_ns()
+            result = engine.push(frame.image, frame.stamp_ns, received)
+            done = time.monotonic_ns()
+            if writer is not None:
+                writer.write(args.topic, frame.msgtype, frame.msg, frame.log_ns)
+            for p in result.predictions:
+                if writer is not None:
+                    writer.write_action(topics[p.task], p, frame_id=frame.frame_id,
+                                        latency_ns=done - received)
+                if p.task != task:
+                    continue
+                process_ms.append((done - received) / 1e6)
+                truth = timeline.label_at(p.stamp_ns)
+                truth_full = timeline.label_over(p.window_start_ns, p.stamp_ns)
+                if truth is not None:
+                    at_stamp.append((truth, p.label, p.ambiguous))
+                if truth_full is not None:
+                    full.append((truth_full, p.label, p.ambiguous))
+                rows.append([seconds(p.stamp_ns), seconds(p.window_start_ns), p.label,
+                             f'{p.confidence:.6f}', f'{p.margin:.6f}', int(p.ambiguous),
+                             p.ambiguous_with, p.ambiguity_reason, truth or '',
+                             truth_full or '', '' if truth is None else int(truth == p.label)])
+    finally:
+        if writer is not None:
+            writer.__exit__(None, None, None)
+    wall = time.perf_counter() - start
+    if first is None:
+        raise BagError(f'topic {args.topic!r} in bag {str(args.bag)!r}: no decodable image '
+                       f'({stats.messages} messages, skipped {dict(stats.skipped)}: '
+                       f'{stats.reasons})')
+
+    symmetric = {label for pair in head.pairs for label in pair}
+    bag_seconds = (last - first) / 1e9
+    report = dict(
+        bag=str(args.bag), topic=args.topic, labels=str(args.labels), config=str(args.config),
+        task=task, classes=list(head.labels), symmetric_pairs=[list(p) for p in head.pairs],
+        images=stats.to_dict(), engine=dict(engine.stats),
+        predictions=len(rows), unlabelled=len(rows) - len(at_stamp),
+        at_stamp=score(at_stamp, labels=head.labels, symmetric=symmetric),
+        full_window=score(full, labels=head.labels, symmetric=symmetric),
+        timing=dict(wall_s=round(wall, 3), bag_s=round(bag_seconds, 3),
+                    realtime_factor=round(bag_seconds / wall, 2) if wall > 0 else None,
+                    frames_per_s=round(stats.messages / wall, 1) if wall > 0 else None,
+                    process_ms_p50=_percentile(process_ms, 50),
+                    process_ms_p99=_percentile(process_ms, 99)))
+    _write_outputs(out, report, rows, params)
+    return report
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+PREDICTION_COLUMNS = ('stamp', 'window_start', 'label', 'confidence', 'margin', 'ambiguous',
+                      'ambiguous_with', 'ambiguity_reason', 'truth', 'truth_full_window',
+                      'correct')
+
+
+def _write_outputs(out: Path, report: dict, rows: list[list], params: dict) -> None:
+    (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    (out / 'report.md').write_text(markdown(report))
+    (out / 'params.yaml').write_text(yaml.safe_dump(
+        {'/**': {'ros__parameters': params}}, sort_keys=True))
+    with (out / 'predictions.csv').open('w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_COLUMNS)
+        writer.writerows(rows)
+
+
+def _pct(value: float | None) -> str:
+    return '-' if value is None else f'{100 * value:.1f} %'
+
+
+def markdown(report: dict) -> str:
+    """A human-readable report.md."""
+    t = report['timing']
+    images = report['images']
+    lines = [
+        f"# bag-eval: {report['bag']} {report['topic']}", '',
+        f"Config `{report['config']}`, head `{report['task']}`, timeline `{report['labels']}`.",
+        '',
+        f"Images: {images['messages']} read, {images['decoded']} decoded, skipped "
+        f"{images['skipped'] or 'none'}; {report['predictions']} predictions "
+        f"({report['unlabelled']} outside the timeline).",
+        f"Speed: {t['bag_s']} s of bag in {t['wall_s']} s ({t['realtime_factor']}x real time); "
+        f"engine per prediction p50 {t['process_ms_p50']} ms, p99 {t['process_ms_p99']} ms.",
+        '', '| scored at | n | overall | symmetric | non-symmetric | ambiguity rate | '
+        'flagged | not flagged |', '|---|---|---|---|---|---|---|---|']
+    for key, name in (('at_stamp', 'newest frame'), ('full_window', 'full windows')):
+        s = report[key]
+        lines.append(
+            f"| {name} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['symmetric']['accuracy'])} "
+            f"| {_pct(s['non_symmetric']['accuracy'])} | {_pct(s['ambiguity_rate'])} | "
+            f"{_pct(s['flagged']['accuracy'])} (n={s['flagged']['n']}) | "
+            f"{_pct(s['not_flagged']['accuracy'])} (n={s['not_flagged']['n']}) |")
+    s = report['at_stamp']
+    labels = s['confusion']['labels']
+    lines += ['', '## Per class (scored at the newest frame)', '',
+              '| class | n | accuracy | most confused with |', '|---|---|---|---|']
+    for label in labels:
+        c = s['per_class'][label]
+        lines.append(f"| {label} | {c['n']} | {_pct(c['accuracy'])} | {c['most_confused']} |")
+    lines += ['', '## Confusion (rows: truth, columns: predicted)', '',
+              '| truth \\ predicted | ' + ' | '.join(labels) + ' |',
+              '|---' * (len(labels) + 1) + '|']
+    for label, row in zip(labels, s['confusion']['matrix']):
+        lines.append(f'| {label} | ' + ' | '.join(str(v) for v in row) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        report = evaluate(args)
+    except ERRORS as exc:
+        print(f'bag-eval: error: {exc}', file=sys.stderr)
+        return 2
+    s = report['at_stamp']
+    t = report['timing']
+    print(f"bag-eval: {report['predictions']} predictions, accuracy {_pct(s['accuracy'])} "
+          f"(symmetric {_pct(s['symmetric']['accuracy'])}, non-symmetric "
+          f"{_pct(s['non_symmetric']['accuracy'])}), ambiguity rate "
+          f"{_pct(s['ambiguity_rate'])}; {t['realtime_factor']}x real time; wrote {args.out}")
+    return 0

@@ -1,0 +1,98 @@
+"""`python -m step_ros synth --bag OUT`: the synthetic action stream as an annotated rosbag2.
+
+OUT is an mcap rosbag2 directory of camera images (one random action after another, each
+`--action-seconds` long) with its ground truth beside the mcap file: OUT/timeline.csv
+(`start,end,label` in seconds of header-stamp time), ready for `bag-eval --labels`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from step_ros.bags import BagError, BagWriter
+from step_ros.synth import DEFAULT_SIZE, ActionStream
+from step_ros.timeline import write_timeline
+
+TIMELINE_NAME = 'timeline.csv'
+# Header stamps start here (2023-11-14, whole seconds): realistic epoch times, never 0, which
+# ROS reads as 'time not set' under use_sim_time.
+START_NS = 1_700_000_000_000_000_000
+
+
+def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `synth` takes for --bag (its --seed, --size and --fps are shared)."""
+    group = parser.add_argument_group('rosbag output (--bag)')
+    group.add_argument('--bag', type=Path, default=None,
+                       help='write an mcap rosbag2 of the synthetic camera stream to this new '
+                            'directory (with timeline.csv inside) instead of the clip dataset; '
+                            'frames are 240x320 (the demo camera) unless --size is given')
+    group.add_argument('--seconds', type=float, default=12.0, help='bag length (12 s)')
+    group.add_argument('--topic', default=None,
+                       help='image topic (/camera/image_raw, or /camera/image_raw/compressed '
+                            'with --compressed)')
+    group.add_argument('--action-seconds', type=float, default=2.0,
+                       help='length of each action in the stream (2 s)')
+    group.add_argument('--compressed', action='store_true',
+                       help='JPEG sensor_msgs/CompressedImage instead of rgb8 Image')
+
+
+def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: float = 30.0,
+                    size: tuple[int, int] = DEFAULT_SIZE, topic: str = '/camera/image_raw',
+                    action_seconds: float = 2.0, compressed: bool = False,
+                    start_ns: int = START_NS, progress: bool = True) -> tuple[Path, Path]:
+    """Render `seconds` of ActionStream into a bag; -> (bag directory, timeline CSV)."""
+    if not seconds > 0:
+        raise ValueError(f'--seconds {seconds}: must be > 0')
+    out = Path(out)
+    stream = ActionStream(seed=seed, fps=fps, size=size, action_seconds=action_seconds)
+    count = int(round(seconds * fps))
+
+    def stamp(index: int) -> int:
+        return start_ns + int(round(index * 1e9 / fps))
+
+    with BagWriter(out) as writer:
+        writer.writer.set_custom_data('step_ros.synth', json.dumps(dict(
+            seed=seed, fps=fps, size=list(size), action_seconds=action_seconds, seconds=seconds,
+            topic=topic, compressed=compressed, timeline=TIMELINE_NAME)))
+        frames = zip(range(count), stream)
+        for index, (frame, _, _) in tqdm(frames, total=count, desc='synth bag', unit='frame',
+                                         disable=not progress):
+            writer.write_image(topic, frame, stamp_ns=stamp(index), frame_id='camera',
+                               compressed=compressed)
+    segments = []
+    for start, end, label in stream.segments():
+        first, stop = int(round(start * fps)), min(int(round(end * fps)), count)
+        if first < count:
+            segments.append((stamp(first), stamp(stop), label))
+    return out, write_timeline(out / TIMELINE_NAME, segments)
+
+
+def size_given(argv: list[str] | None) -> bool:
+    """Whether the command line set --size (the dataset's default size is not the camera's)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument('--size')
+    known, _ = probe.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.size is not None
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """`synth --bag`: exit code 2 with a one-line message on bad options."""
+    size = args.size if size_given(argv) else DEFAULT_SIZE
+    topic = args.topic or ('/camera/image_raw/compressed' if args.compressed
+                           else '/camera/image_raw')
+    try:
+        bag, timeline = write_synth_bag(args.bag, seconds=args.seconds, seed=args.seed,
+                                        fps=args.fps, size=size, topic=topic,
+                                        action_seconds=args.action_seconds,
+                                        compressed=args.compressed)
+    except (ValueError, BagError) as exc:
+        print(f'synth: error: {exc}', file=sys.stderr)
+        return 2
+    print(f'synth: wrote {bag} ({topic}, {size[0]}x{size[1]}, {args.seconds:g} s at '
+          f'{args.fps:g} fps) and {timeline}')
+    return 0

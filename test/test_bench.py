@@ -1,0 +1,118 @@
+"""`bench --quick` runs and writes a valid report; the ROS bench client runs against a node.
+
+Benchmarks are not tests: nothing here asserts a time. Only counted quantities (backbone passes,
+FLOPs, rows present) are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from step_ros.tools import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP_KEYS = {'schema', 'created', 'command', 'machine', 'config', 'backbones', 'memory'}
+SECTION_KEYS = {'backbone', 'precision', 'num_frames', 'streaming_vs_naive', 'stages', 'flops',
+                'achieved', 'cameras', 'precisions', 'memory', 'target'}
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp('bench')
+    # --quick as documented, with shorter loops: the test checks the report, not the speed.
+    rc = bench.main(['--quick', '--out', str(out), '--seconds', '0.2', '--iters', '5',
+                     '--cameras', '1,2', '--frames', '4'])
+    return rc, out
+
+
+def _strict(constant: str):
+    raise ValueError(f'bench.json holds {constant}, which is not valid JSON')
+
+
+def test_quick_writes_json_with_expected_keys(quick):
+    rc, out = quick
+    assert rc == 0, f'bench --quick exited {rc}'
+    report = json.loads((out / 'bench.json').read_text(), parse_constant=_strict)
+    assert report['schema'] == bench.SCHEMA
+    assert TOP_KEYS <= set(report), f'missing top-level keys {TOP_KEYS - set(report)}'
+    assert len(report['backbones']) == 1, report['config']
+    section = report['backbones'][0]
+    assert SECTION_KEYS <= set(section), f'missing keys {SECTION_KEYS - set(section)}'
+    assert section['backbone']['id'] == 'tiny'
+    assert (out / 'bench.md').read_text().startswith('# step_ros bench')
+
+
+def test_quick_counts_backbone_passes_and_flops(quick):
+    _, out = quick
+    section = json.loads((out / 'bench.json').read_text())['backbones'][0]
+    pairs = section['streaming_vs_naive']
+    # Counted, not timed: the engine encodes each new frame once, the naive loop all T of them.
+    assert pairs['streaming']['backbone_passes_per_prediction'] == 1, pairs['streaming']
+    assert pairs['naive']['backbone_passes_per_prediction'] == 4, pairs['naive']
+    for name in ('streaming', 'naive'):
+        stats = pairs[name]['per_prediction']
+        assert stats['n'] >= 3 and stats['p50_ms'] > 0, (name, stats)
+    flops = section['flops']
+    assert flops['backbone_gflops_per_frame'] > 0.01, flops
+    # STEP head on tiny (D=96, N=64, T=4): qkv + output projections over L = 1 + T*N tokens,
+    # plus attention 4*L^2*D, which torch only counts on the CPU through our custom mapping.
+    length, dim = 1 + 4 * 64, 96
+    expected = (2 * length * dim * 4 * dim + 4 * length * length * dim) / 1e9
+    assert abs(flops['head_gflops_per_prediction'] - expected) < 0.02 * expected, (flops,
+                                                                                  expected)
+    stages = section['stages']
+    for stage in ('decode_rgb8_640x480', 'decode_jpeg_640x480', 'preprocess', 'backbone', 'head',
+                  'post'):
+        assert stages[stage]['n'] >= 1, (stage, stages[stage])
+    assert [row['streams'] for row in section['cameras']] == [1, 2], section['cameras']
+    rows = {row['precision']: row for row in section['precisions']}
+    assert rows['fp16']['status'] == 'skipped' and 'CPU' in rows['fp16']['reason'], rows
+    assert rows['fp32']['status'] == 'ok' and rows['bf16']['status'] == 'ok', rows
+    assert section['target']['applies'] is False, section['target']
+
+
+def test_bad_precision_is_rejected(capsys):
+    assert bench.main(['--quick', '--precision', 'fp8']) == 2
+    assert "'fp8'" in capsys.readouterr().err
+
+
+ROS_READY = all(importlib.util.find_spec(m) is not None for m in ('rclpy', 'step_ros_msgs'))
+
+
+@pytest.mark.skipif(not ROS_READY, reason='rclpy / step_ros_msgs not importable (source '
+                                          'install/setup.bash)')
+def test_bench_client_e2e_against_node(tmp_path):
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               ROS_DOMAIN_ID=str(random.randint(1, 100)))
+    command = [sys.executable, '-m', 'step_ros.ros.bench_client', 'e2e', '--start-node',
+               '--seconds', '8', '--frames', '4', '--window-seconds', '1.0',
+               '--ready-timeout', '60', '--out', str(tmp_path)]
+    # Its own session: on a timeout the whole group (client and the node it started) is killed.
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    node_log = tmp_path / 'e2e_node.log'
+    log = node_log.read_text() if node_log.exists() else '(no node log)'
+    assert process.returncode == 0, f'{output}\n--- node log ---\n{log}'
+    report = json.loads((tmp_path / 'e2e.json').read_text())
+    assert report['published'] > 50, report['published']
+    assert report['actions'] >= 1, f'no HumanAction received: {output}\n{log}'
+    assert report['latency_publish_to_action']['n'] == report['actions'], report
+    node = report['node']
+    assert int(node['received']) >= 1 and int(node['published']) >= 1, node
+    assert report['memory']['samples'] >= 0 and report['samples'][0]['rss_mib'] > 0, \
+        report['samples'][:1]
