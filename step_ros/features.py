@@ -1,0 +1,282 @@
+"""Clip lists, video reading and the feature cache of frozen-backbone tokens.
+
+A cache directory holds fp16 shards (`shard_00000.safetensors`, tensor `tokens` of shape
+(clips, T, 1 + N, D)) and `index.json` (backbone, T, labels, symmetric pairs, one entry per clip).
+Shards are written whole and the index is replaced atomically after each, so an interrupted
+extraction resumes at the first clip without a shard.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from step_ros.backbone import FrozenBackbone
+from step_ros.checkpoint import validate_pairs
+
+FORMAT = 'step_ros.features/1'
+INDEX = 'index.json'
+
+
+class DataError(ValueError):
+    """A clip list, pair list, video or cache cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str  # absolute path of the video
+    label: str
+    start: float | None = None  # seconds; None: from the first frame
+    end: float | None = None  # seconds; None: to the last frame
+
+
+@dataclass(frozen=True)
+class ClipList:
+    clips: tuple[Clip, ...]
+    labels: tuple[str, ...]
+    symmetric_pairs: tuple[tuple[str, str], ...]
+    source: str
+
+
+def _float(value: str, *, where: str) -> float | None:
+    if value is None or value.strip() == '':
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise DataError(f'{where}: {value!r} is not a number of seconds') from exc
+
+
+def read_pairs(path: Path) -> tuple[tuple[str, ...] | None, list]:
+    """pairs.yaml -> (labels or None, raw symmetric pairs)."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f'{path}: cannot read the pair list: {exc}') from exc
+    if not isinstance(values, dict) or not isinstance(values.get('symmetric_pairs', []), list):
+        raise DataError(f'{path}: expected a mapping with symmetric_pairs: [[a, b], ...]')
+    unknown = sorted(set(values) - {'labels', 'symmetric_pairs'})
+    if unknown:
+        raise DataError(f'{path}: unknown keys {unknown}; known: labels, symmetric_pairs')
+    labels = values.get('labels')
+    return (tuple(str(v) for v in labels) if labels else None), values.get('symmetric_pairs', [])
+
+
+def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None) -> ClipList:
+    """CSV `path,label[,start,end]` (paths relative to the CSV) + pairs.yaml -> ClipList.
+
+    Without `pairs_path`, a pairs.yaml beside the CSV is used when present.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f'{csv_path}: no such clip list')
+    with csv_path.open(newline='') as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if not header:
+            raise DataError(f'{csv_path}: empty clip list; expected a header path,label[,start,'
+                            'end] and one row per clip')
+        missing = [c for c in ('path', 'label') if c not in header]
+        if missing:
+            raise DataError(f'{csv_path}: header {header} lacks {missing}')
+        clips = []
+        for line, row in enumerate(reader, start=2):
+            where = f'{csv_path}:{line}'
+            if not row['path'] or not row['label']:
+                raise DataError(f'{where}: empty path or label')
+            video = (csv_path.parent / row['path']).resolve()
+            if not video.is_file():
+                raise DataError(f'{where}: video {row["path"]!r} not found ({video})')
+            start = _float(row.get('start'), where=f'{where} start')
+            end = _float(row.get('end'), where=f'{where} end')
+            if start is not None and end is not None and end <= start:
+                raise DataError(f'{where}: end {end} is not after start {start}')
+            clips.append(Clip(str(video), row['label'].strip(), start, end))
+    if not clips:
+        raise DataError(f'{csv_path}: empty clip list (a header but no clips)')
+    if pairs_path is None and (csv_path.parent / 'pairs.yaml').is_file():
+        pairs_path = csv_path.parent / 'pairs.yaml'
+    labels, raw_pairs = (None, []) if pairs_path is None else read_pairs(Path(pairs_path))
+    present = sorted({c.label for c in clips})
+    if labels is None:
+        labels = tuple(present)
+    else:
+        extra = [name for name in present if name not in labels]
+        if extra:
+            raise DataError(f'{csv_path}: labels {extra} are not in the labels of {pairs_path}')
+    if len(labels) < 2:
+        raise DataError(f'{csv_path}: needs at least 2 labels, found {list(labels)}')
+    try:
+        pairs = validate_pairs(labels, raw_pairs)
+    except ValueError as exc:
+        raise DataError(f'{pairs_path}: {exc}') from exc
+    return ClipList(tuple(clips), tuple(labels), pairs, str(csv_path))
+
+
+def sample_indices(count: int, num_frames: int, *, fps: float, start: float | None,
+                   end: float | None) -> np.ndarray:
+    """T frame indices spread uniformly over [start, end) of a clip of `count` frames."""
+    first = 0 if start is None else int(round(start * fps))
+    last = count - 1 if end is None else int(round(end * fps)) - 1
+    first, last = max(0, min(first, count - 1)), max(0, min(last, count - 1))
+    return np.round(np.linspace(first, max(first, last), num_frames)).astype(int)
+
+
+def read_frames(clip: Clip, num_frames: int) -> tuple[np.ndarray, float]:
+    """Decode a clip -> (T sampled RGB frames (T, H, W, 3) uint8, seconds they span).
+
+    Only the sampled frames are converted and kept: the others are grabbed and skipped, so a
+    long video with start/end seconds costs no memory. Containers that report no usable frame
+    count are decoded whole instead.
+    """
+    capture = _open(clip)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    try:
+        if count > 0:
+            index = sample_indices(count, num_frames, fps=fps, start=clip.start, end=clip.end)
+            kept = _grab(capture, index)
+            if kept is not None:
+                return kept, float((index[-1] - index[0] + 1) / fps)
+    finally:
+        capture.release()
+    capture = _open(clip)  # the reported frame count was wrong: decode everything
+    frames = []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise DataError(f'{clip.path}: no frame could be decoded (unreadable or empty video)')
+    index = sample_indices(len(frames), num_frames, fps=fps, start=clip.start, end=clip.end)
+    picked = np.stack([cv2.cvtColor(frames[i], cv2.COLOR_BGR2RGB) for i in index])
+    return picked, float((index[-1] - index[0] + 1) / fps)
+
+
+def _open(clip: Clip) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(clip.path)
+    if not capture.isOpened():
+        raise DataError(f'{clip.path}: OpenCV cannot open this video (unreadable or not a '
+                        'video)')
+    return capture
+
+
+def _grab(capture: cv2.VideoCapture, index: list[int]) -> np.ndarray | None:
+    """The frames at sorted `index` as RGB (T, H, W, 3), or None if the video ends early."""
+    wanted = set(index)
+    kept: dict[int, np.ndarray] = {}
+    for position in range(index[-1] + 1):
+        if not capture.grab():
+            return None
+        if position in wanted:
+            ok, frame = capture.retrieve()
+            if not ok:
+                return None
+            kept[position] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    return np.stack([kept[i] for i in index])
+
+
+def _write_json(path: Path, values: dict) -> None:
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(values, indent=1) + '\n')
+    os.replace(tmp, path)
+
+
+def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, out: str | Path,
+            shard_size: int = 64, batch_clips: int = 8, progress: bool = True) -> Path:
+    """Encode every clip's T frames once; resumes a matching partial cache in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clips = [asdict(c) for c in clip_list.clips]
+    index = dict(format=FORMAT, backbone=backbone.info.to_dict(), num_frames=num_frames,
+                 labels=list(clip_list.labels),
+                 symmetric_pairs=[list(p) for p in clip_list.symmetric_pairs],
+                 source=clip_list.source, clips=clips, spans=[], shards=[])
+    index_path = out / INDEX
+    if index_path.is_file():
+        old = json.loads(index_path.read_text())
+        same = all(old.get(k) == index[k] for k in ('format', 'backbone', 'num_frames', 'clips'))
+        if not same:
+            raise DataError(f'{out}: holds a cache of other clips, backbone or T; use an empty '
+                            'directory (or delete it) to extract afresh')
+        index = old
+    done = sum(s['count'] for s in index['shards'])
+    bar = tqdm(total=len(clips), initial=done, desc='extract', unit='clip', disable=not progress)
+    while done < len(clips):
+        chunk = clip_list.clips[done:done + shard_size]
+        tokens, spans = [], []
+        for i in range(0, len(chunk), batch_clips):
+            batch = [read_frames(c, num_frames) for c in chunk[i:i + batch_clips]]
+            frames = np.concatenate([f for f, _ in batch])  # (b*T, H, W, 3)
+            if len({f.shape for f, _ in batch}) > 1:  # clips of different sizes: one at a time
+                encoded = torch.cat([backbone(f) for f, _ in batch])
+            else:
+                encoded = backbone(frames)  # (b*T, 1+N, D)
+            tokens.append(encoded.to('cpu', torch.float16).reshape(
+                len(batch), num_frames, *encoded.shape[1:]))  # (b, T, 1+N, D)
+            spans += [s for _, s in batch]
+            bar.update(len(batch))
+        name = f'shard_{len(index["shards"]):05d}.safetensors'
+        save_file({'tokens': torch.cat(tokens).contiguous()}, str(out / name))
+        index['shards'].append(dict(file=name, count=len(chunk)))
+        index['spans'] += spans
+        _write_json(index_path, index)
+        done += len(chunk)
+    bar.close()
+    return out
+
+
+@dataclass
+class FeatureCache:
+    tokens: torch.Tensor  # (clips, T, 1 + N, D) fp16
+    targets: torch.Tensor  # (clips,) int64 label ids
+    labels: tuple[str, ...]
+    symmetric_pairs: tuple[tuple[str, str], ...]
+    backbone: dict
+    num_frames: int
+    window_seconds: float  # median seconds the T frames of a clip span
+    path: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureCache:
+        path = Path(path)
+        index_path = path / INDEX
+        if not index_path.is_file():
+            raise DataError(f'{path}: not a feature cache (no {INDEX}); run '
+                            '`python -m step_ros extract` first')
+        index = json.loads(index_path.read_text())
+        if index.get('format') != FORMAT:
+            raise DataError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
+        done = sum(s['count'] for s in index['shards'])
+        if done != len(index['clips']) or not done:
+            raise DataError(f'{path}: incomplete cache ({done}/{len(index["clips"])} clips); '
+                            'run extract again to finish it')
+        tokens = torch.cat([load_file(str(path / s['file']))['tokens'] for s in index['shards']])
+        labels = tuple(index['labels'])
+        targets = torch.tensor([labels.index(c['label']) for c in index['clips']])
+        return cls(tokens=tokens, targets=targets, labels=labels,
+                   symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
+                   backbone=index['backbone'], num_frames=int(index['num_frames']),
+                   window_seconds=float(np.median(index['spans'])), path=str(path))
+
+    @property
+    def num_patches(self) -> int:
+        return self.tokens.shape[2] - 1
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[3]

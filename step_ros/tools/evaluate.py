@@ -1,0 +1,84 @@
+"""`python -m step_ros eval`: accuracy of a head on a feature cache, forward and reversed.
+
+Writes report.json, report.md and confusion.png (forward windows) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from step_ros.backbone import BackboneInfo
+from step_ros.checkpoint import CheckpointError, HeadMeta, load_head
+from step_ros.features import DataError, FeatureCache
+from step_ros.metrics import accuracy_report, plot_confusion, report_markdown
+from step_ros.training import predict
+
+
+def evaluate_head(module: nn.Module, meta: HeadMeta, cache: FeatureCache, *,
+                  source: str) -> dict:
+    """The report dictionary of one head on one cache (labels matched by name)."""
+    meta.check_backbone(BackboneInfo(**cache.backbone), source=source)
+    if cache.num_frames != meta.num_frames:
+        raise CheckpointError(f'{source}: trained on T={meta.num_frames} frames but the cache '
+                              f'{cache.path} has T={cache.num_frames}')
+    unknown = [name for name in cache.labels if name not in meta.labels]
+    present = {cache.labels[i] for i in cache.targets.unique().tolist()}
+    if present & set(unknown):
+        raise CheckpointError(f'{source}: the cache {cache.path} has labels '
+                              f'{sorted(present & set(unknown))} the head does not know '
+                              f'(head labels: {list(meta.labels)})')
+    mapping = torch.tensor([meta.labels.index(n) if n in meta.labels else -1
+                            for n in cache.labels])
+    targets = mapping[cache.targets]
+    module = module.float()
+    forward = predict(module, cache.tokens).argmax(1)
+    reverse = predict(module, cache.tokens, reverse=True).argmax(1)
+    report = accuracy_report(targets=targets.numpy(), forward=forward.numpy(),
+                             reverse=reverse.numpy(), labels=meta.labels,
+                             pairs=meta.symmetric_pairs)
+    report['params'] = sum(p.numel() for p in module.parameters())
+    report['head'] = meta.head.to_dict()
+    report['cache'] = cache.path
+    report['checkpoint'] = source
+    return report
+
+
+def write_report(out: Path, report: dict, *, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    (out / 'report.md').write_text(report_markdown(report, title=title))
+    plot_confusion(out / 'confusion.png', report['confusion'], report['labels'], title=title)
+
+
+def _fmt(value: float | None) -> str:
+    return '-' if value is None else f'{value:.3f}'
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
+    parser.add_argument('--cache', type=Path, required=True, help='feature cache (extract)')
+    parser.add_argument('--checkpoint', type=Path, required=True, help='head .safetensors')
+    parser.add_argument('--out', type=Path, required=True, help='report directory')
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        cache = FeatureCache.load(args.cache)
+        module, meta = load_head(args.checkpoint)
+        report = evaluate_head(module, meta, cache, source=str(args.checkpoint))
+    except (DataError, CheckpointError) as exc:
+        print(f'eval: error: {exc}', file=sys.stderr)
+        return 2
+    write_report(args.out, report, title=f'{args.checkpoint.stem} on {args.cache.name}')
+    parts = [f'{block} {key} {_fmt(report[block][key])}' for block in ('accuracy', 'reversed')
+             for key in ('symmetric', 'non_symmetric', 'overall')]
+    print('eval: ' + ', '.join(parts) + f" -> {args.out / 'report.md'}")
+    return 0

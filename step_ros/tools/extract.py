@@ -1,0 +1,48 @@
+"""`python -m step_ros extract`: cache frozen-backbone tokens of T frames per clip."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from step_ros.backbone import BackboneError, FrozenBackbone
+from step_ros.features import DataError, extract, read_clip_list
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description='Run the frozen backbone once over T uniformly sampled frames of '
+        'every clip of a CSV (path,label[,start,end]) and store the tokens as fp16 shards. '
+        'Re-running on the same directory resumes.')
+    parser.add_argument('--clips', type=Path, required=True, help='clip list CSV')
+    parser.add_argument('--pairs', type=Path, default=None,
+                        help='pairs.yaml (default: pairs.yaml beside the CSV, if any)')
+    parser.add_argument('--backbone', default='tiny',
+                        help="'tiny', 'tiny-clip' or a local Hugging Face directory (tiny)")
+    parser.add_argument('--image-size', type=int, default=0,
+                        help="backbone input side in pixels (0: the model's)")
+    parser.add_argument('--frames', type=int, default=8, help='T: frames per clip (8)')
+    parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' (auto)")
+    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    parser.add_argument('--shard-size', type=int, default=64, help='clips per shard (64)')
+    parser.add_argument('--out', type=Path, required=True, help='cache directory')
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.frames < 1:
+        print(f'extract: error: --frames {args.frames}: must be >= 1', file=sys.stderr)
+        return 2
+    try:
+        clip_list = read_clip_list(args.clips, pairs_path=args.pairs)
+        backbone = FrozenBackbone.load(args.backbone, image_size=args.image_size,
+                                       device=args.device, precision=args.precision)
+        extract(clip_list, backbone, num_frames=args.frames, out=args.out,
+                shard_size=args.shard_size)
+    except (DataError, BackboneError) as exc:
+        print(f'extract: error: {exc}', file=sys.stderr)
+        return 2
+    print(f'extract: {len(clip_list.clips)} clips x {args.frames} frames -> {args.out}')
+    return 0

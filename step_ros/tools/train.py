@@ -1,0 +1,99 @@
+"""`python -m step_ros train`: train one or more heads on one pass over a feature cache.
+
+Writes <out>/<head>.safetensors for every --head, config.json (the resolved settings),
+log.jsonl (loss and accuracy per epoch and head) and curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from step_ros.features import DataError, FeatureCache
+from step_ros.heads import PRESETS, HeadConfig
+from step_ros.training import TrainConfig, save_run, train_heads
+
+_DEFAULTS = TrainConfig()
+
+
+def auto_num_heads(dim: int) -> int:
+    """Attention heads for a feature width: ViT-B style 12 for large D, 4 for the tiny D=96."""
+    return 12 if dim >= 384 and dim % 12 == 0 else 4
+
+
+def resolve_heads(names: list[str], *, dim: int, num_heads: int = 0) -> dict[str, HeadConfig]:
+    """Preset names ('all' for every preset) -> {name: HeadConfig} with num_heads set."""
+    if 'all' in names:
+        names = list(PRESETS)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise ValueError(f'--head {unknown}: unknown; choose from {sorted(PRESETS)} or all')
+    heads = num_heads or auto_num_heads(dim)
+    return {n: replace(PRESETS[n], num_heads=heads) for n in dict.fromkeys(names)}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Optimisation flags shared by `train` and `report`."""
+    group = parser.add_argument_group('optimisation')
+    group.add_argument('--epochs', type=int, default=_DEFAULTS.epochs,
+                       help=f'epochs ({_DEFAULTS.epochs})')
+    group.add_argument('--batch-size', type=int, default=_DEFAULTS.batch_size,
+                       help=f'clips per batch ({_DEFAULTS.batch_size})')
+    group.add_argument('--lr', type=float, default=_DEFAULTS.lr,
+                       help=f'peak AdamW learning rate ({_DEFAULTS.lr})')
+    group.add_argument('--weight-decay', type=float, default=_DEFAULTS.weight_decay,
+                       help=f'AdamW weight decay of weight matrices ({_DEFAULTS.weight_decay})')
+    group.add_argument('--warmup-epochs', type=int, default=_DEFAULTS.warmup_epochs,
+                       help=f'linear warmup before the cosine decay ({_DEFAULTS.warmup_epochs})')
+    group.add_argument('--embed-lr-scale', type=float, default=_DEFAULTS.embed_lr_scale,
+                       help='learning-rate factor of temporal embeddings and CLS / query '
+                            f'tokens ({_DEFAULTS.embed_lr_scale})')
+    group.add_argument('--seed', type=int, default=_DEFAULTS.seed,
+                       help=f'seed of initialisation and batch order ({_DEFAULTS.seed})')
+    group.add_argument('--num-heads', type=int, default=0,
+                       help='attention heads of every head (0: 12 for D >= 384, else 4)')
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                       embed_lr_scale=args.embed_lr_scale, seed=args.seed)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
+    parser.add_argument('--cache', type=Path, required=True, help='training feature cache')
+    parser.add_argument('--val-cache', type=Path, default=None,
+                        help='validation cache: accuracy per epoch in the log')
+    parser.add_argument('--head', action='append', required=True,
+                        help=f"head preset, repeatable, or 'all': {', '.join(PRESETS)}")
+    parser.add_argument('--out', type=Path, required=True, help='run directory')
+    parser.add_argument('--task', default='action', help='task name in the checkpoint (action)')
+    parser.add_argument('--window-seconds', type=float, default=None,
+                        help='window length recorded in the checkpoint (default: the median '
+                             'seconds the cached clips span)')
+    add_train_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        cache = FeatureCache.load(args.cache)
+        val = FeatureCache.load(args.val_cache) if args.val_cache else None
+        heads = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
+        config = train_config(args)
+        trained = train_heads(cache, heads, config, val=val)
+        paths = save_run(args.out, trained, cache, config, task=args.task,
+                         window_seconds=args.window_seconds,
+                         extra=dict(val_cache=str(args.val_cache) if val else None))
+    except (DataError, ValueError) as exc:
+        print(f'train: error: {exc}', file=sys.stderr)
+        return 2
+    for head, path in zip(trained, paths):
+        final = head.log[-1]
+        score = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if k.endswith('acc'))
+        print(f'train: {head.name}: {score} -> {path}')
+    return 0
