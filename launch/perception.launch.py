@@ -2,6 +2,7 @@
 
     ros2 launch step_ros perception.launch.py camera:=/my/camera/image_raw
     ros2 launch step_ros perception.launch.py params_file:=/path/demo.yaml device:=cpu
+    ros2 launch step_ros perception.launch.py autostart:=false  # then: ros2 lifecycle set ...
 """
 
 from pathlib import Path
@@ -23,6 +24,8 @@ def _perception_node(context: LaunchContext) -> list[Node]:
                         {'use_sim_time': arg('use_sim_time').lower() in ('true', '1')}]
     if arg('device'):
         parameters.append({'device': arg('device')})
+    if arg('autostart'):
+        parameters.append({'autostart': arg('autostart').lower() in ('true', '1')})
     return [Node(package='step_ros', executable='perception_node', name='perception_node',
                  namespace=arg('namespace'), output='screen', emulate_tty=True,
                  parameters=parameters,
@@ -46,5 +49,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Use /clock for the node clock (bag replay, '
                                           'simulation); sampling follows header stamps anyway.'),
+        DeclareLaunchArgument('autostart', default_value='',
+                              description='Overrides the `autostart` parameter: true configures '
+                                          'and activates the lifecycle node at start, false '
+                                          'leaves it to a lifecycle manager; empty keeps the '
+                                          "file's value."),
         OpaqueFunction(function=_perception_node),
     ])

@@ -62,6 +62,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param('subscribe_compressed', False, "Also subscribe to 'image/compressed'."),
     Param('debug_image', False, "Publish an annotated image on 'debug_image'."),
     Param('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.'),
+    Param('autostart', True,
+          'Configure and activate the lifecycle node at start-up; false: stay unconfigured '
+          'until a lifecycle manager (nav2_lifecycle_manager, `ros2 lifecycle set`) says so.'),
 )
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
 

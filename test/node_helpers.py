@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -125,3 +126,28 @@ def spin_until(executor, predicate, *, timeout: float, process: NodeProcess | No
             return predicate()
         executor.spin_once(timeout_sec=0.05)
     return predicate()
+
+
+@contextlib.contextmanager
+def ros_client(env: dict[str, str], name: str):
+    """(node, executor) of an rclpy context of this test process in the domain of `env`."""
+    saved = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        yield node, executor
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        if saved is None:
+            os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
+        else:
+            os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import CompressedImage, Image
@@ -57,3 +58,17 @@ def prediction_to_msg(prediction: Prediction, *, header: Header, latency_ns: int
 def labels_msg(head: Head, *, topic: str) -> ActionLabels:
     return ActionLabels(task=head.task, topic=topic, labels=list(head.labels),
                         pair_a=[a for a, _ in head.pairs], pair_b=[b for _, b in head.pairs])
+
+
+def annotate(frame: np.ndarray, predictions: list[Prediction]) -> np.ndarray:
+    """A copy of the RGB frame with one text line per head (the debug image)."""
+    out = frame.copy()
+    for row, p in enumerate(predictions):
+        text = f'{p.task}: {p.label} {p.confidence:.2f}'
+        if p.ambiguous:
+            text += f' (or {p.ambiguous_with}?)'
+        origin = (8, 24 + 24 * row)
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 1,
+                    cv2.LINE_AA)
+    return out

@@ -1,4 +1,8 @@
-"""perception_node: camera images in, step_ros_msgs/HumanAction out.
+"""perception_node: camera images in, step_ros_msgs/HumanAction out; a ROS 2 lifecycle node.
+
+configure reads the parameters and loads the model, activate subscribes to the camera and starts
+the worker, deactivate stops both (the model stays loaded), cleanup frees the model. With
+`autostart` (the default) main() configures and activates it at once, as a plain node would start.
 
 The subscription callback only stores the newest image in a latest-wins slot; one worker thread
 decodes it, pushes it through the streaming engine (which samples by header stamp) and publishes
@@ -7,17 +11,28 @@ the results. A slow model therefore drops frames and never answers with stale on
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
+import traceback
 
-import cv2
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import (
+    LifecycleNode,
+    LifecyclePublisher,
+    LifecycleState,
+    TransitionCallbackReturn,
+)
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.subscription import Subscription
+from rclpy.task import Future
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from step_ros_msgs.msg import ActionLabels, HumanAction
 
@@ -25,9 +40,10 @@ from step_ros.backbone import BackboneError
 from step_ros.checkpoint import CheckpointError
 from step_ros.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
 from step_ros.decode import ImageRejected
-from step_ros.engine import Prediction
+from step_ros.engine import StreamingEngine
 from step_ros.ros import diagnostics
 from step_ros.ros.conversions import (
+    annotate,
     image_to_rgb,
     labels_msg,
     prediction_to_msg,
@@ -52,54 +68,169 @@ class StartupError(RuntimeError):
     """The node cannot run as configured; the fatal log line says why."""
 
 
-class PerceptionNode(Node):
+class PerceptionNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        try:
-            self.config = self._read_config()
-            self.engine = build_engine(self.config)
-        except (ConfigError, CheckpointError, BackboneError, OSError) as exc:
-            self.get_logger().fatal(f'cannot start: {exc}')
-            self.destroy_node()
-            raise StartupError(str(exc)) from exc
-        self.stats = diagnostics.NodeStats()
-        self._warned: dict[str, float] = {}
-        self._image_topic = self.resolve_topic_name('image')
-        self._compressed_topic = self.resolve_topic_name('image/compressed')
-        self._outputs = {}
-        self._labels_publishers = []  # kept alive: they hold the latched label lists
-        for head, topic in zip(self.engine.heads, self.config.head_topics):
-            self._outputs[head.task] = self.create_publisher(HumanAction, topic, RESULT_QOS)
-            labels = self.create_publisher(ActionLabels, f'{topic}/labels', LATCHED_QOS)
-            labels.publish(labels_msg(head, topic=self.resolve_topic_name(topic)))
-            self._labels_publishers.append(labels)
-        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', RESULT_QOS)
-        self._debug = (self.create_publisher(Image, 'debug_image', RESULT_QOS)
-                       if self.config.debug_image else None)
-        self.worker = Worker(process=self._process, on_error=self._on_worker_error)
-        self.worker.start()
-        qos = IMAGE_QOS[self.config.image_qos]
-        self.create_subscription(Image, 'image', self._on_image, qos)
-        if self.config.subscribe_compressed:
-            self.create_subscription(CompressedImage, 'image/compressed', self._on_image, qos)
-        # A steady clock: diagnostics keep coming under use_sim_time while /clock is silent.
-        self.create_timer(self.config.diagnostics_period, self._publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
-        info = self.engine.backbone.info
-        self.get_logger().info(
-            f'ready: backbone {info.id} on {self.engine.backbone.device} '
-            f'({self.engine.backbone.dtype}), heads {[h.task for h in self.engine.heads]} -> '
-            f'{[self.resolve_topic_name(t) for t in self.config.head_topics]}, '
-            f'{self.config.engine.num_frames} frames over {self.config.engine.window_seconds} s, '
-            f'input {self._image_topic} ({self.config.image_qos})')
-
-    def _read_config(self) -> PerceptionConfig:
-        # Typed by PerceptionConfig (with messages naming the parameter), not by rclpy, so that
-        # e.g. `window_seconds: 2` is accepted. Changes after start-up are not applied.
+        # Declared once here (read-only), read on each configure: a cleanup + configure cycle
+        # must not declare them twice.
         self.declare_parameters('', [
             (p.name, p.default, ParameterDescriptor(description=p.description,
                                                     dynamic_typing=True, read_only=True))
             for p in PARAMETERS])
+        self.autostart = self.get_parameter('autostart').value
+        if not isinstance(self.autostart, bool):
+            self.get_logger().fatal(f'cannot start: autostart={self.autostart!r}: expected bool')
+            self.destroy_node()
+            raise StartupError('autostart')
+        self.finished = Future()  # done by the shutdown transition: main() stops spinning
+        self.config: PerceptionConfig | None = None
+        self.engine: StreamingEngine | None = None
+        self.worker: Worker | None = None
+        self.stats = diagnostics.NodeStats()
+        self._warned: dict[str, float] = {}
+        self._dropped = 0  # frames dropped by the workers of earlier activations
+        self._image_topic = self.resolve_topic_name('image')
+        self._compressed_topic = self.resolve_topic_name('image/compressed')
+        self._outputs: dict[str, LifecyclePublisher] = {}
+        self._labels_publishers: list[Publisher] = []
+        self._diagnostics: LifecyclePublisher | None = None
+        self._debug: LifecyclePublisher | None = None
+        self._inputs: list[Subscription] = []
+        self._diagnostics_timer: Timer | None = None
+        if not self.autostart:
+            self.get_logger().info('unconfigured: waiting for a lifecycle manager (autostart is '
+                                   'false)')
+
+    def start(self) -> bool:
+        """configure + activate (autostart); False when either failed (logged as fatal)."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().fatal('cannot start: activation failed')
+            return False
+        return True
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        log = self.get_logger().fatal if self.autostart else self.get_logger().error
+        try:
+            self.config = self._read_config()
+            self.engine = build_engine(self.config)
+        except (ConfigError, CheckpointError, BackboneError, OSError) as exc:
+            log(f'cannot start: {exc}' if self.autostart else f'cannot configure: {exc}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        except Exception:  # rclpy would turn it into an error transition without a word
+            log(f'cannot configure: unexpected error\n{traceback.format_exc()}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.stats = diagnostics.NodeStats()
+        self._dropped = 0
+        for head, topic in zip(self.engine.heads, self.config.head_topics):
+            self._outputs[head.task] = self.create_lifecycle_publisher(HumanAction, topic,
+                                                                       RESULT_QOS)
+            # A plain publisher, published once here: the label list describes the loaded model
+            # (configure to cleanup), not the activity, and transient-local keeps it for late
+            # subscribers. A lifecycle publisher would republish it on every activation.
+            labels = self.create_publisher(ActionLabels, f'{topic}/labels', LATCHED_QOS)
+            labels.publish(labels_msg(head, topic=self.resolve_topic_name(topic)))
+            self._labels_publishers.append(labels)
+        self._diagnostics = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics',
+                                                            RESULT_QOS)
+        if self.config.debug_image:
+            self._debug = self.create_lifecycle_publisher(Image, 'debug_image', RESULT_QOS)
+        info = self.engine.backbone.info
+        self.get_logger().info(
+            f'configured: backbone {info.id} on {self.engine.backbone.device} '
+            f'({self.engine.backbone.dtype}), heads {[h.task for h in self.engine.heads]}, '
+            f'{self.config.engine.num_frames} frames over {self.config.engine.window_seconds} s')
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self.engine.reset()  # a window never spans the time the node was inactive
+        self.worker = Worker(process=self._process, on_error=self._on_worker_error)
+        self.worker.start()
+        qos = IMAGE_QOS[self.config.image_qos]
+        self._inputs = [self.create_subscription(Image, 'image', self._on_image, qos)]
+        if self.config.subscribe_compressed:
+            self._inputs.append(self.create_subscription(CompressedImage, 'image/compressed',
+                                                         self._on_image, qos))
+        # A steady clock: diagnostics keep coming under use_sim_time while /clock is silent.
+        self._diagnostics_timer = self.create_timer(
+            self.config.diagnostics_period, self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(
+            f'ready: input {self._image_topic} ({self.config.image_qos}) -> '
+            f'{[self.resolve_topic_name(t) for t in self.config.head_topics]}')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.get_logger().info('inactive: input closed, model kept loaded')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info('unconfigured: model released')
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        self.get_logger().info(f'finalized (from {state.label}): exiting')
+        self.finished.set_result(True)
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # rclpy turns an exception in a transition callback into this state without logging it.
+        self.get_logger().error(f'a transition from {state.label} raised an exception; '
+                                'model released, back to unconfigured')
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_processing(self) -> None:
+        """Close the input, then finish what was handed over before the publishers stop."""
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        if not worker.stop(timeout=10.0):
+            self.get_logger().error('inference worker did not stop within 10 s')
+            return
+        self._dropped += worker.slot.dropped
+        leftover = worker.slot.take(timeout=0)  # handed over, not yet taken by the worker
+        if leftover is not None:
+            try:
+                self._process(leftover)
+            except Exception as exc:  # as in the worker: one bad frame is reported, not raised
+                self._on_worker_error(exc)
+
+    def _release(self) -> None:
+        """Drop the model and the outputs (idempotent); the device memory goes back."""
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        for publisher in (self._diagnostics, self._debug):
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+        for publisher in self._labels_publishers:
+            self.destroy_publisher(publisher)
+        self._outputs, self._labels_publishers = {}, []
+        self._diagnostics = self._debug = None
+        cuda = self.engine is not None and self.engine.backbone.device.type == 'cuda'
+        self.engine = self.config = None
+        gc.collect()  # the engine holds reference cycles (modules); free them now
+        if cuda:
+            torch.cuda.empty_cache()
+
+    def _read_config(self) -> PerceptionConfig:
+        # Typed by PerceptionConfig (with messages naming the parameter), not by rclpy, so that
+        # e.g. `window_seconds: 2` is accepted. Changes after start-up are not applied.
         values = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
         # rclpy silently ignores overrides nobody declares: report typos instead.
         for name in getattr(self, '_parameter_overrides', {}):
@@ -148,7 +279,7 @@ class PerceptionNode(Node):
         self._diagnostics.publish(diagnostics.report(
             name=f'{self.get_name()}: action recognition',
             hardware_id=f'{backbone.info.id} on {backbone.device}', stats=self.stats,
-            dropped=self.worker.slot.dropped, buffered=self.engine.buffered,
+            dropped=self._dropped + self.worker.slot.dropped, buffered=self.engine.buffered,
             num_frames=self.config.engine.num_frames, warming_up=self.engine.warming_up,
             stamp=self.get_clock().now().to_msg(), image_topic=self._image_topic))
 
@@ -167,24 +298,11 @@ class PerceptionNode(Node):
         getattr(self.get_logger(), level)(text)
 
     def destroy_node(self) -> None:
+        # Ctrl-C ends spinning in any state without a shutdown transition: stop the worker here.
         worker = getattr(self, 'worker', None)
         if worker is not None and not worker.stop(timeout=10.0):
             self.get_logger().error('inference worker did not stop within 10 s')
         super().destroy_node()
-
-
-def annotate(frame, predictions: list[Prediction]):
-    """A copy of the RGB frame with one text line per head (the debug image)."""
-    out = frame.copy()
-    for row, p in enumerate(predictions):
-        text = f'{p.task}: {p.label} {p.confidence:.2f}'
-        if p.ambiguous:
-            text += f' (or {p.ambiguous_with}?)'
-        origin = (8, 24 + 24 * row)
-        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 1,
-                    cv2.LINE_AA)
-    return out
 
 
 def main(args: list[str] | None = None) -> int:
@@ -192,7 +310,10 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = PerceptionNode()
-        rclpy.spin(node)
+        if node.autostart and not node.start():
+            return 1
+        # Until the shutdown transition (lifecycle manager) or Ctrl-C.
+        rclpy.spin_until_future_complete(node, node.finished)
     except StartupError:
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
