@@ -33,23 +33,28 @@ _RAW = {
 SUPPORTED_RAW = tuple(_RAW)
 
 
-def decode_raw(encoding: str, height: int, width: int, step: int, data) -> np.ndarray:
-    """sensor_msgs/Image fields -> contiguous RGB uint8 (H, W, 3)."""
+def check_raw(encoding: str, height: int, width: int, step: int, size: int) -> None:
+    """Cheap checks of sensor_msgs/Image fields (no pixel is touched); raises ImageRejected."""
     enc = encoding.lower()
     if enc not in _RAW:
         raise ImageRejected('encoding', f'unsupported encoding {encoding!r} (supported: '
                             f"{', '.join(SUPPORTED_RAW)})")
-    channels, conversion = _RAW[enc]
     if height <= 0 or width <= 0:
         raise ImageRejected('size', f'empty image {width}x{height}')
-    row = width * channels
+    row = width * _RAW[enc][0]
     if step < row:
         raise ImageRejected('size', f'step {step} is smaller than width*channels {row}')
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size != step * height:
+    if size != step * height:
         raise ImageRejected('size', f'{encoding} {width}x{height} step {step} needs '
-                            f'{step * height} bytes, got {buffer.size}')
-    image = buffer.reshape(height, step)[:, :row].reshape(height, width, channels)
+                            f'{step * height} bytes, got {size}')
+
+
+def decode_raw(encoding: str, height: int, width: int, step: int, data) -> np.ndarray:
+    """sensor_msgs/Image fields -> contiguous RGB uint8 (H, W, 3)."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    check_raw(encoding, height, width, step, buffer.size)
+    channels, conversion = _RAW[encoding.lower()]
+    image = buffer.reshape(height, step)[:, :width * channels].reshape(height, width, channels)
     if conversion is None:
         return np.ascontiguousarray(image)
     if channels == 1:
@@ -57,16 +62,21 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data) -> np.nd
     return cv2.cvtColor(image, conversion)
 
 
-def decode_compressed(fmt: str, data) -> np.ndarray:
-    """sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3)."""
+def check_compressed(fmt: str, size: int) -> None:
+    """Cheap checks of sensor_msgs/CompressedImage (format string, size); raises ImageRejected."""
     lowered = fmt.lower()
     if 'compresseddepth' in lowered or '16uc1' in lowered or '32fc1' in lowered:
         raise ImageRejected('encoding', f'depth image {fmt!r} is not a camera image')
     if lowered and not any(k in lowered for k in ('jpeg', 'jpg', 'png')):
         raise ImageRejected('encoding', f'unsupported compressed format {fmt!r} (jpeg, png)')
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size == 0:
+    if size == 0:
         raise ImageRejected('data', 'empty compressed image')
+
+
+def decode_compressed(fmt: str, data) -> np.ndarray:
+    """sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3)."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    check_compressed(fmt, buffer.size)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageRejected('data', f'undecodable {fmt or "compressed"} data '

@@ -8,6 +8,7 @@ heads run over the ring. A naive recogniser would re-encode all T frames for eve
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +63,7 @@ class StepResult:
     sampled: bool
     reset: bool = False  # the buffer was cleared (stamp went back, or a gap)
     predictions: list[Prediction] = field(default_factory=list)
+    frame: np.ndarray | None = None  # the decoded RGB frame, when sampled
 
 
 class StampSampler:
@@ -82,6 +84,12 @@ class StampSampler:
         self.last_seen: int | None = None
         self.last_kept: int | None = None
         self.next_due = 0
+
+    def state(self) -> tuple:
+        return self.last_seen, self.last_kept, self.next_due
+
+    def restore(self, state: tuple) -> None:
+        self.last_seen, self.last_kept, self.next_due = state
 
     def offer(self, stamp_ns: int) -> tuple[bool, bool]:
         """-> (keep this frame, the sequence restarted with it)."""
@@ -203,12 +211,24 @@ class StreamingEngine:
             torch.cuda.synchronize(self.backbone.device)
         return time.perf_counter()
 
-    def push(self, frame: np.ndarray, stamp_ns: int, received_ns: int | None = None
-             ) -> StepResult:
-        """Offer one RGB uint8 frame (H, W, 3) with its header stamp."""
+    def push(self, frame: np.ndarray | Callable[[], np.ndarray], stamp_ns: int,
+             received_ns: int | None = None) -> StepResult:
+        """Offer one RGB uint8 frame (H, W, 3) with its header stamp.
+
+        `frame` may be a function that decodes it: it is then called only for frames the
+        sampler keeps (most camera frames are not), and if it raises, the frame counts as never
+        offered, exactly as a frame rejected before `push`.
+        """
         received_ns = time.time_ns() if received_ns is None else received_ns
-        self.stats['frames'] += 1
+        before = self.sampler.state()
         keep, restart = self.sampler.offer(stamp_ns)
+        if keep and callable(frame):
+            try:
+                frame = frame()
+            except BaseException:
+                self.sampler.restore(before)
+                raise
+        self.stats['frames'] += 1
         if restart:
             self.ring.clear()
             self.sampled_since_full = 0
@@ -223,7 +243,7 @@ class StreamingEngine:
         t2 = self._sync()
         self.stats['backbone_frames'] += 1
         self.ring.append(tokens[0], stamp_ns)
-        result = StepResult(sampled=True, reset=restart)
+        result = StepResult(sampled=True, reset=restart, frame=frame)
         if not self.ring.full:
             return result
         self.sampled_since_full += 1

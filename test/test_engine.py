@@ -196,3 +196,50 @@ def test_order_check_flags_order_blind_predictions(backbone):
     assert not p.ambiguous and p.ambiguity_reason == '', p
     off = _engine(backbone, FixedProbs([0.9, 0.04, 0.02, 0.02, 0.02]), order_check=False)
     assert not _run(off, _frames(T), stamps)[-1].predictions[0].ambiguous
+
+
+def test_lazy_frames_are_decoded_only_when_sampled(backbone):
+    engine = _engine(backbone)
+    frames = _frames(12)
+    decoded = []
+
+    def lazy(i):
+        def decode():
+            decoded.append(i)
+            return frames[i]
+        return decode
+
+    stamps = [BASE_NS + i * PERIOD_NS // 3 for i in range(12)]  # 3 frames per sampling period
+    results = [engine.push(lazy(i), s) for i, s in enumerate(stamps)]
+    kept = [i for i, r in enumerate(results) if r.sampled]
+    assert decoded == kept == [0, 3, 6, 9], (decoded, kept)
+    assert all(r.frame is frames[i] for i, r in zip(kept, (results[i] for i in kept)))
+
+
+def test_a_failing_decode_leaves_the_engine_as_if_the_frame_never_came(backbone):
+    frames = _frames(10)
+    stamps = [BASE_NS + i * PERIOD_NS // 2 for i in range(10)]
+
+    def broken():
+        raise ValueError('undecodable')
+
+    failing = _engine(backbone)
+    raised, outcomes = [], []
+    for i, stamp in enumerate(stamps):
+        if i in (2, 5):
+            try:
+                outcomes.append(failing.push(broken, stamp))  # decoded only if sampled
+            except ValueError:
+                raised.append(i)
+            continue
+        outcomes.append(failing.push(frames[i], stamp))
+    # Frame 2 takes a sampling slot and fails; frame 3 then takes that slot, so frame 5 is
+    # skipped without being decoded.
+    assert raised == [2], raised
+    reference = _engine(backbone)
+    expected = [reference.push(frames[i], s) for i, s in enumerate(stamps) if i not in raised]
+    assert [r.sampled for r in outcomes] == [r.sampled for r in expected]
+    assert [[p.stamp_ns for p in r.predictions] for r in outcomes] == \
+        [[p.stamp_ns for p in r.predictions] for r in expected]
+    assert any(r.predictions for r in expected), 'the sequence must reach full windows'
+    assert failing.stats == reference.stats, (failing.stats, reference.stats)

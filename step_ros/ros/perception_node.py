@@ -44,6 +44,7 @@ from step_ros.engine import StreamingEngine
 from step_ros.ros import diagnostics
 from step_ros.ros.conversions import (
     annotate,
+    check_image,
     image_to_rgb,
     labels_msg,
     prediction_to_msg,
@@ -244,15 +245,6 @@ class PerceptionNode(LifecycleNode):
 
     def _process(self, item: tuple[Image | CompressedImage, int]) -> None:
         msg, received_ns = item
-        try:
-            frame = image_to_rgb(msg)  # (H, W, 3) uint8
-        except ImageRejected as exc:
-            self.stats.count_rejected(exc.kind)
-            topic = self._compressed_topic if isinstance(msg, CompressedImage) \
-                else self._image_topic
-            self._warn(exc.kind, f'rejected image on {topic} ({exc.kind}, '
-                       f'{self.stats.rejected[exc.kind]} so far): {exc}')
-            return
         header = msg.header
         stamp_ns = stamp_to_ns(header.stamp)
         if stamp_ns == 0:
@@ -261,7 +253,17 @@ class PerceptionNode(LifecycleNode):
                        'using the receive time (fix the camera driver)')
             header.stamp = self.get_clock().now().to_msg()
             stamp_ns = stamp_to_ns(header.stamp)
-        result = self.engine.push(frame, stamp_ns, received_ns)
+        try:
+            check_image(msg)  # every frame: encoding and sizes, no pixel touched
+            # Decoded (e.g. a JPEG) only if the stamp sampler keeps the frame: most are skipped.
+            result = self.engine.push(lambda: image_to_rgb(msg), stamp_ns, received_ns)
+        except ImageRejected as exc:
+            self.stats.count_rejected(exc.kind)
+            topic = self._compressed_topic if isinstance(msg, CompressedImage) \
+                else self._image_topic
+            self._warn(exc.kind, f'rejected image on {topic} ({exc.kind}, '
+                       f'{self.stats.rejected[exc.kind]} so far): {exc}')
+            return
         self.stats.count_processed()
         if result.reset:
             self._warn('reset', 'header stamps went back or left a gap: window restarted',
@@ -272,7 +274,8 @@ class PerceptionNode(LifecycleNode):
                 prediction_to_msg(prediction, header=header, latency_ns=latency_ns))
             self.stats.count_published(latency_ns)
         if self._debug is not None and result.predictions:
-            self._debug.publish(rgb_to_image(annotate(frame, result.predictions), header=header))
+            self._debug.publish(rgb_to_image(annotate(result.frame, result.predictions),
+                                             header=header))
 
     def _publish_diagnostics(self) -> None:
         backbone = self.engine.backbone
