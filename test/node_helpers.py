@@ -84,14 +84,17 @@ def ros_env() -> dict[str, str]:
     return env
 
 
-class NodeProcess:
-    """perception_node as a subprocess whose output goes to a file; always stop() it."""
+class ChildProcess:
+    """A command as a subprocess whose output goes to a file; always stop() it."""
 
-    def __init__(self, ros_args: list[str], *, env: dict[str, str], log: Path) -> None:
+    def __init__(self, command: list[str], *, env: dict[str, str], log: Path) -> None:
         self.log = log
         self._file = log.open('w')
-        self.process = subprocess.Popen([*node_command(), '--ros-args', *ros_args], env=env,
-                                        stdout=self._file, stderr=subprocess.STDOUT, cwd=REPO)
+        self.process = subprocess.Popen(command, env=env, stdout=self._file,
+                                        stderr=subprocess.STDOUT, cwd=REPO)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
 
     def output(self) -> str:
         return self.log.read_text()
@@ -113,6 +116,13 @@ class NodeProcess:
                 self.process.wait()
         self._file.close()
         return self.process.returncode
+
+
+class NodeProcess(ChildProcess):
+    """perception_node as a subprocess whose output goes to a file; always stop() it."""
+
+    def __init__(self, ros_args: list[str], *, env: dict[str, str], log: Path) -> None:
+        super().__init__([*node_command(), '--ros-args', *ros_args], env=env, log=log)
 
 
 def spin_until(executor, predicate, *, timeout: float, process: NodeProcess | None = None
@@ -151,3 +161,15 @@ def ros_client(env: dict[str, str], name: str):
             os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
         else:
             os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved
+
+
+@contextlib.contextmanager
+def node_with_client(ros_args: list[str], *, env: dict[str, str], log: Path, name: str):
+    """(client node, executor, NodeProcess): perception_node started with `ros_args` and an
+    rclpy client `name` in its domain; the node is stopped on the way out."""
+    process = NodeProcess(ros_args, env=env, log=log)
+    try:
+        with ros_client(env, name) as (node, executor):
+            yield node, executor, process
+    finally:
+        process.stop()

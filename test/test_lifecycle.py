@@ -17,6 +17,7 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from node_helpers import (  # noqa: E402
     LABELS,
     NodeProcess,
+    node_with_client,
     ros_client,
     ros_env,
     spin_until,
@@ -97,12 +98,9 @@ def managed(tmp_path):
     env = ros_env()
     params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable',
                          diagnostics_period=0.2, autostart=False)
-    process = NodeProcess(['--params-file', str(params)], env=env, log=tmp_path / 'node.log')
-    try:
-        with ros_client(env, 'lifecycle_client') as (node, executor):
-            yield Managed(node, executor, process)
-    finally:
-        process.stop()
+    with node_with_client(['--params-file', str(params)], env=env, log=tmp_path / 'node.log',
+                          name='lifecycle_client') as (node, executor, process):
+        yield Managed(node, executor, process)
 
 
 def test_lifecycle_transitions_gate_model_and_outputs(managed):
@@ -170,15 +168,13 @@ def test_lifecycle_transitions_gate_model_and_outputs(managed):
 def test_configure_failure_is_reported_and_the_node_stays_unconfigured(tmp_path):
     env = ros_env()
     params = tiny_params(tmp_path, num_frames=T, autostart=False, top_k=0)
-    process = NodeProcess(['--params-file', str(params)], env=env, log=tmp_path / 'node.log')
-    try:
-        with ros_client(env, 'lifecycle_failure_client') as (node, executor):
-            m = Managed(node, executor, process)
-            assert not m.transition(Transition.TRANSITION_CONFIGURE), process.output()
-            assert m.state() == 'unconfigured'
-            assert process.process.poll() is None, process.output()
-    finally:
-        code = process.stop()
+    with node_with_client(['--params-file', str(params)], env=env, log=tmp_path / 'node.log',
+                          name='lifecycle_failure_client') as (node, executor, process):
+        m = Managed(node, executor, process)
+        assert not m.transition(Transition.TRANSITION_CONFIGURE), process.output()
+        assert m.state() == 'unconfigured'
+        assert process.process.poll() is None, process.output()
+    code = process.stop()  # stopped already on leaving the block: its exit code
     output = process.output()
     assert code == 0, output
     lines = [line for line in output.splitlines() if 'top_k=0' in line]

@@ -1,17 +1,14 @@
 """perception_node fed unusable images: counted, warned about (rate-limited), stays up."""
 
-import os
-
 import cv2
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
+pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
 pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_helpers import NodeProcess, ros_env, spin_until, tiny_params  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from node_helpers import node_with_client, ros_env, spin_until, tiny_params  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from step_ros_msgs.msg import ActionLabels, HumanAction  # noqa: E402
@@ -47,23 +44,9 @@ def setup(tmp_path):
     env = ros_env()
     params = tiny_params(tmp_path, num_frames=T, subscribe_compressed=True,
                          image_qos='reliable', diagnostics_period=0.3)
-    process = NodeProcess(['--params-file', str(params)], env=env, log=tmp_path / 'node.log')
-    saved = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
-    node = rclpy.create_node('bad_input_client', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    yield node, executor, process
-    process.stop()
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
-    if saved is None:
-        os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
-    else:
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved
+    with node_with_client(['--params-file', str(params)], env=env, log=tmp_path / 'node.log',
+                          name='bad_input_client') as started:
+        yield started
 
 
 def test_rejected_images_are_counted_and_the_node_keeps_working(setup):

@@ -1,16 +1,13 @@
 """perception_node as a real process: a separate rclpy process publishes frames, gets actions."""
 
-import os
-
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
+pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
 pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_helpers import LABELS, REPO, NodeProcess, ros_env, spin_until, tiny_params  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from node_helpers import LABELS, REPO, NodeProcess, spin_until, tiny_params  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from step_ros_msgs.msg import ActionLabels, HumanAction  # noqa: E402
@@ -22,31 +19,6 @@ T = 4
 PERIOD_NS = 250_000_000  # window_seconds 1.0 / T
 BASE_NS = 1_000_000_000_000  # header stamps start at t = 1000 s
 CAMERA = '/some/camera/image_raw'
-
-
-@pytest.fixture(scope='module')
-def env():
-    return ros_env()
-
-
-@pytest.fixture(scope='module')
-def client(env):
-    """An rclpy context of this test process in the node's domain."""
-    saved = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
-    node = rclpy.create_node('test_client', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    yield node, executor
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
-    if saved is None:
-        os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
-    else:
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved
 
 
 @pytest.fixture(scope='module')

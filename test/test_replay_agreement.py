@@ -3,18 +3,15 @@ use_sim_time publishes the same labels for the same windows as `bag-eval` on the
 
 import csv
 import os
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
-rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
+pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
 pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
 
-from node_helpers import REPO, NodeProcess, make_head, ros_env, spin_until, write_params  # noqa: E402,I001
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from node_helpers import REPO, ChildProcess, NodeProcess, make_head, spin_until, write_params  # noqa: E402,I001
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from step_ros_msgs.msg import HumanAction  # noqa: E402
@@ -28,62 +25,14 @@ TOPIC = '/camera/image_raw'
 RATE = 0.5  # slow enough that the node's latest-wins worker never has to drop a frame
 
 
-@pytest.fixture(scope='module')
-def env():
-    return ros_env()
-
-
-@pytest.fixture(scope='module')
-def client(env):
-    """An rclpy context of this test process in the children's domain."""
-    saved = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
-    node = rclpy.create_node('test_replay_client', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    yield node, executor
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
-    if saved is None:
-        os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
-    else:
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved
-
-
-class Replay:
-    """`python -m step_ros replay` as a subprocess; always stop() it."""
-
-    def __init__(self, args: list[str], *, env: dict, log) -> None:
-        self.log = log
-        self._file = log.open('w')
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', 'step_ros', 'replay', *args], env=env, cwd=REPO,
-            stdout=self._file, stderr=subprocess.STDOUT)
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._file.close()
-        return self.process.returncode
-
-
 @pytest.fixture
 def replay_factory(env, tmp_path):
     started = []
 
-    def start(*args: str) -> Replay:
-        started.append(Replay(list(args), env=env, log=tmp_path / f'replay{len(started)}.log'))
+    def start(*args: str) -> ChildProcess:
+        """`python -m step_ros replay` with `args` as a subprocess."""
+        started.append(ChildProcess([sys.executable, '-m', 'step_ros', 'replay', *args], env=env,
+                                    log=tmp_path / f'replay{len(started)}.log'))
         return started[-1]
 
     yield start
