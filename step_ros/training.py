@@ -183,19 +183,29 @@ def plot_curves(path: Path, trained: list[TrainedHead]) -> None:
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for head in trained:
+    colours = plt.get_cmap('tab20').colors  # distinct for up to 20 heads
+    for i, head in enumerate(trained):
         epochs = [e['epoch'] for e in head.log]
-        ax_loss.plot(epochs, [e['loss'] for e in head.log], label=head.name)
+        # Order-blind heads (no temporal embedding) dashed, so the two families stand apart.
+        style = dict(label=head.name, color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+                     linestyle='--' if _order_blind(head) else '-')
+        ax_loss.plot(epochs, [e['loss'] for e in head.log], **style)
         key = 'val_acc' if 'val_acc' in head.log[0] else 'train_acc'
-        ax_acc.plot(epochs, [e[key] for e in head.log], label=head.name)
+        ax_acc.plot(epochs, [e[key] for e in head.log], **style)
         ax_acc.set_ylabel(key)
-    ax_loss.set_xlabel('epoch')
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel('train loss')
-    ax_acc.set_xlabel('epoch')
     ax_acc.set_ylim(0, 1.02)
     ax_acc.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _order_blind(head: TrainedHead) -> bool:
+    return head.config.kind != 'step' or head.config.temporal == 'none'
