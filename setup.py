@@ -26,6 +26,8 @@ setup(
         ('share/' + package_name + '/models', files('models/*')),
     ],
     install_requires=['setuptools'],
+    # colcon test runs pytest (not unittest) when pytest is a declared test dependency.
+    extras_require={'test': ['pytest']},
     zip_safe=True,
     maintainer='step_ros maintainers',
     maintainer_email='step-ros@example.com',
