@@ -24,6 +24,7 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from step_ros.decode import ImageRejected, decode_compressed, decode_raw
+from step_ros.engine import MAX_DISORDER_NS
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -31,7 +32,6 @@ IMAGE_TYPES = (IMAGE, COMPRESSED)
 HUMAN_ACTION = 'step_ros_msgs/msg/HumanAction'
 # Header stamps may arrive slightly out of order (several publishers, transport); a stamp more
 # than this far behind the newest one is a restart (bag loop, simulator reset), not jitter.
-MAX_DISORDER_NS = 1_000_000_000
 
 
 class BagError(ValueError):

@@ -138,12 +138,21 @@ def load_head(path: str | Path, *, device: torch.device | str = 'cpu',
 
 
 def _check_file(path: Path) -> None:
+    """Refuse missing, truncated and pickled files before safetensors reads them."""
     if not path.is_file():
         raise CheckpointError(f'{path}: no such head checkpoint')
+    size = path.stat().st_size
     with path.open('rb') as f:
-        start = f.read(8)
-    if start[:2] == b'PK' or start[:1] == b'\x80':
+        start = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    header = int.from_bytes(start[:8], 'little') if len(start) >= 8 else 0
+    if len(start) == 9 and start[8:9] == b'{' and 0 < header <= size - 8:
+        return
+    # torch.save writes a zip archive (PK\x03\x04) or, before torch 1.6, a bare pickle (PROTO 2-5).
+    if start[:4] == b'PK\x03\x04' or (len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5):
         raise CheckpointError(f'{path}: looks like a pickled PyTorch checkpoint; step_ros never '
                               'unpickles (it can run code): export the head as safetensors')
-    if len(start) < 8:
-        raise CheckpointError(f'{path}: file is truncated ({len(start)} bytes)')
+    if len(start) < 9 or start[8:9] == b'{':
+        raise CheckpointError(f'{path}: file is truncated ({size} bytes)')
+    raise CheckpointError(f'{path}: not a safetensors file; write heads with '
+                          '`python -m step_ros train`')

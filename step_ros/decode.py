@@ -41,7 +41,11 @@ def check_raw(encoding: str, height: int, width: int, step: int, size: int) -> N
                             f"{', '.join(SUPPORTED_RAW)})")
     if height <= 0 or width <= 0:
         raise ImageRejected('size', f'empty image {width}x{height}')
-    row = width * _RAW[enc][0]
+    channels = _RAW[enc][0]
+    if channels == 2 and width % 2:
+        raise ImageRejected('size', f'{encoding} needs an even width (pixel pairs share '
+                            f'chroma), got {width}')
+    row = width * channels
     if step < row:
         raise ImageRejected('size', f'step {step} is smaller than width*channels {row}')
     if size != step * height:
@@ -59,7 +63,11 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data) -> np.nd
         return np.ascontiguousarray(image)
     if channels == 1:
         image = image[:, :, 0]
-    return cv2.cvtColor(image, conversion)
+    try:
+        return cv2.cvtColor(image, conversion)
+    except cv2.error as exc:  # whatever the checks above did not foresee: reject, never crash
+        raise ImageRejected('data', f'{encoding} {width}x{height} cannot be converted: '
+                            f'{exc.err or exc}') from exc
 
 
 def check_compressed(fmt: str, size: int) -> None:
@@ -77,7 +85,10 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     """sensor_msgs/CompressedImage (format, data) -> RGB uint8 (H, W, 3)."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     check_compressed(fmt, buffer.size)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None:
         raise ImageRejected('data', f'undecodable {fmt or "compressed"} data '
                             f'({buffer.size} bytes)')

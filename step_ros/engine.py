@@ -18,6 +18,10 @@ from torch import nn
 from step_ros.backbone import FrozenBackbone
 from step_ros.checkpoint import CheckpointError, HeadMeta
 
+# Stamps at most this far behind the newest one are transport reordering (or a raw and a
+# compressed copy of one stream): the late frame is skipped. Further back is a restart (bag loop,
+# simulator reset). bag-eval sorts bags with the same tolerance.
+MAX_DISORDER_NS = 1_000_000_000
 # A symmetric prediction is order-grounded when reversing the window moves probability towards
 # its counterpart by at least this much (see `Head.order_shift`).
 ORDER_MIN_SHIFT = 0.1
@@ -69,8 +73,9 @@ class StepResult:
 class StampSampler:
     """Keeps one frame per period of header time, on a fixed grid, whatever the arrival rate.
 
-    Stamps that go backwards (bag loop, simulator reset) or leave a gap longer than `max_gap_ns`
-    start a new sequence; the caller clears its buffer then.
+    Stamps that go backwards by more than MAX_DISORDER_NS (bag loop, simulator reset) or leave a
+    gap longer than `max_gap_ns` start a new sequence; the caller clears its buffer then. A frame
+    slightly older than the newest one seen is late, not a restart: it is skipped.
     """
 
     def __init__(self, *, period_ns: int, max_gap_ns: int) -> None:
@@ -93,6 +98,9 @@ class StampSampler:
 
     def offer(self, stamp_ns: int) -> tuple[bool, bool]:
         """-> (keep this frame, the sequence restarted with it)."""
+        if self.last_seen is not None and self.last_seen - MAX_DISORDER_NS <= stamp_ns \
+                < self.last_seen:
+            return False, False  # late: the window already moved past it
         restart = self.last_seen is not None and (
             stamp_ns < self.last_seen or stamp_ns - self.last_kept > self.max_gap_ns)
         if restart:

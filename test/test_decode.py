@@ -52,6 +52,8 @@ def test_row_padding_is_dropped():
     (('rgb8', 2, 2, 6, bytes(11)), 'size', '12 bytes, got 11'),
     (('rgb8', 0, 2, 6, b''), 'size', 'empty'),
     (('rgb8', 2, 2, 4, bytes(8)), 'size', 'step 4'),
+    (('yuv422', 2, 3, 6, bytes(12)), 'size', 'even width'),  # odd width: chroma pairs broken
+    (('yuyv', 1, 5, 10, bytes(10)), 'size', 'even width'),
 ])
 def test_raw_rejections(args, kind, words):
     with pytest.raises(ImageRejected) as info:

@@ -120,12 +120,13 @@ def test_backwards_stamps_and_gaps_restart_the_window(backbone):
     stamps = [BASE_NS + i * PERIOD_NS for i in range(T)]
     _run(engine, _frames(T), stamps)
     assert not engine.warming_up
-    back = engine.push(_frames(1)[0], stamps[0] - PERIOD_NS)  # bag loop
+    loop = stamps[0] - 5 * 10**9
+    back = engine.push(_frames(1)[0], loop)  # bag loop: 5 s back
     assert back.reset and back.sampled and not back.predictions
     assert engine.warming_up and engine.buffered == 1
-    _run(engine, _frames(T - 1), [stamps[0] + i * PERIOD_NS for i in range(T - 1)])
+    _run(engine, _frames(T - 1), [loop + (i + 1) * PERIOD_NS for i in range(T - 1)])
     assert not engine.warming_up
-    gap = engine.push(_frames(1)[0], stamps[0] + 10 * 10**9)  # 10 s later: more than a window
+    gap = engine.push(_frames(1)[0], loop + 10 * 10**9)  # 10 s later: more than a window
     assert gap.reset and engine.buffered == 1 and not gap.predictions
     assert engine.stats['resets'] == 2
 
@@ -243,3 +244,15 @@ def test_a_failing_decode_leaves_the_engine_as_if_the_frame_never_came(backbone)
         [[p.stamp_ns for p in r.predictions] for r in expected]
     assert any(r.predictions for r in expected), 'the sequence must reach full windows'
     assert failing.stats == reference.stats, (failing.stats, reference.stats)
+
+
+def test_slightly_late_frames_are_skipped_not_a_restart(backbone):
+    engine = _engine(backbone)
+    step = PERIOD_NS // 8  # a 32 Hz camera
+    stamps = [BASE_NS + i * step for i in range(8 * (T + 2))]
+    stamps[20], stamps[21] = stamps[21], stamps[20]  # two frames swapped in transport
+    results = _run(engine, _frames(len(stamps)), stamps)
+    assert not any(r.reset for r in results), [i for i, r in enumerate(results) if r.reset]
+    assert engine.stats['resets'] == 0 and not engine.warming_up
+    late = engine.push(_frames(1)[0], stamps[-1] - 900_000_000)  # 0.9 s behind the newest
+    assert not late.sampled and not late.reset and not engine.warming_up

@@ -7,7 +7,7 @@ import torch
 from node_helpers import LABELS, PAIRS, make_head, tiny_info
 
 from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import CheckpointError, load_head, read_meta
+from step_ros.checkpoint import CheckpointError, HeadMeta, load_head, read_meta, save_head
 from step_ros.engine import EngineConfig, Head, StreamingEngine
 from step_ros.heads import PRESETS, build_head, count_trainable
 
@@ -56,6 +56,22 @@ def test_pickle_is_refused_without_unpickling(tmp_path):
     torch.save({'weight': torch.zeros(2)}, tmp_path / 'zip.pt')  # zip-based torch format
     with pytest.raises(CheckpointError, match='pickled'):
         load_head(tmp_path / 'zip.pt')
+
+
+def test_a_header_length_that_looks_like_a_pickle_opcode_still_loads(tmp_path):
+    # safetensors files start with their header length (u64, little endian): when its low byte
+    # is 0x80, the first byte equals pickle's PROTO opcode. Such a head must still load.
+    module = build_head(PRESETS['step'], dim=96, num_frames=4, num_patches=64, num_classes=5)
+    for pad in range(300):
+        meta = HeadMeta(task='action', labels=LABELS, symmetric_pairs=PAIRS, head=PRESETS['step'],
+                        num_frames=4, backbone=tiny_info().to_dict(), training={'note': 'x' * pad})
+        path = save_head(tmp_path / f'h{pad}.safetensors', module, meta)
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail('no padding gave a header length whose low byte is 0x80')
+    loaded, read = load_head(path)
+    assert read == meta and read.training['note'] == 'x' * pad
 
 
 class _Exploit:
