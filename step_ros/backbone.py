@@ -23,6 +23,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NORMALISATION = {'dinov2': (IMAGENET_MEAN, IMAGENET_STD), 'clip': (CLIP_MEAN, CLIP_STD)}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+PREPROCESS_CHUNK = 16  # frames converted to float at a time
 
 # Built-in tiny backbones with seeded random weights: real transformers architectures at a size
 # that runs in milliseconds on a CPU, for tests, the demo and the synthetic benchmark.
@@ -178,6 +179,9 @@ class FrozenBackbone(nn.Module):
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) on the device -> normalised pixels (B, 3, S, S) in model dtype."""
+        if frames.shape[0] > PREPROCESS_CHUNK:
+            # Full-resolution float copies are large (1080p: 14 MB a frame): bound the peak.
+            return torch.cat([self.preprocess(c) for c in frames.split(PREPROCESS_CHUNK)])
         _, h, w, _ = frames.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2

@@ -133,7 +133,10 @@ def sample_indices(count: int, num_frames: int, *, fps: float, start: float | No
 
 
 def read_frames(clip: Clip, num_frames: int) -> tuple[np.ndarray, float]:
-    """Decode a clip -> (T sampled RGB frames (T, H, W, 3) uint8, seconds they span).
+    """Decode a clip -> (T sampled RGB frames (T, H, W, 3) uint8, their node window in seconds).
+
+    The window is the `window_seconds` under which the node keeps frames spaced as these are:
+    it keeps one frame every window/T seconds, so T frames spaced d apart need window = T * d.
 
     Only the sampled frames are converted and kept: the others are grabbed and skipped, so a
     long video with start/end seconds costs no memory. Containers that report no usable frame
@@ -147,7 +150,7 @@ def read_frames(clip: Clip, num_frames: int) -> tuple[np.ndarray, float]:
             index = sample_indices(count, num_frames, fps=fps, start=clip.start, end=clip.end)
             kept = _grab(capture, index)
             if kept is not None:
-                return kept, float((index[-1] - index[0] + 1) / fps)
+                return kept, node_window(index, fps)
     finally:
         capture.release()
     capture = _open(clip)  # the reported frame count was wrong: decode everything
@@ -164,7 +167,16 @@ def read_frames(clip: Clip, num_frames: int) -> tuple[np.ndarray, float]:
         raise DataError(f'{clip.path}: no frame could be decoded (unreadable or empty video)')
     index = sample_indices(len(frames), num_frames, fps=fps, start=clip.start, end=clip.end)
     picked = np.stack([cv2.cvtColor(frames[i], cv2.COLOR_BGR2RGB) for i in index])
-    return picked, float((index[-1] - index[0] + 1) / fps)
+    return picked, node_window(index, fps)
+
+
+def node_window(index: np.ndarray, fps: float) -> float:
+    """window_seconds of the node that samples frames as far apart as `index` (see read_frames)."""
+    count = len(index)
+    if count < 2 or index[-1] == index[0]:
+        return float(count / fps)
+    spacing = (index[-1] - index[0]) / fps / (count - 1)
+    return float(count * spacing)
 
 
 def _open(clip: Clip) -> cv2.VideoCapture:
@@ -213,7 +225,11 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
         if not same:
             raise DataError(f'{out}: holds a cache of other clips, backbone or T; use an empty '
                             'directory (or delete it) to extract afresh')
-        index = old
+        # Tokens stay valid; the label list and pairs (pairs.yaml may have been edited) are the
+        # clip list's own.
+        index = {**old, 'labels': index['labels'], 'symmetric_pairs': index['symmetric_pairs'],
+                 'source': index['source']}
+        _write_json(index_path, index)
     done = sum(s['count'] for s in index['shards'])
     bar = tqdm(total=len(clips), initial=done, desc='extract', unit='clip', disable=not progress)
     while done < len(clips):
@@ -248,7 +264,7 @@ class FeatureCache:
     symmetric_pairs: tuple[tuple[str, str], ...]
     backbone: dict
     num_frames: int
-    window_seconds: float  # median seconds the T frames of a clip span
+    window_seconds: float  # median node window of the clips (see read_frames)
     path: str
 
     @classmethod

@@ -37,6 +37,13 @@ def build_engine(config: PerceptionConfig, *, profile: bool = False) -> Streamin
             except ValueError as exc:
                 raise ConfigError(f'symmetric_pairs: {exc} (head {path})') from exc
         heads.append(Head(module, meta, pairs))
+        window = config.engine.window_seconds
+        if abs(window - meta.window_seconds) > 0.1 * meta.window_seconds:
+            # The temporal embeddings learnt one spacing of frames; another one still runs,
+            # but accuracy is unknown there.
+            log.warning('window_seconds=%s but head %r was trained on %.3g s windows (%s): '
+                        'frames are spaced %.0f%% differently from training', window, meta.task,
+                        meta.window_seconds, path, 100 * abs(window / meta.window_seconds - 1))
     tasks = [h.task for h in heads]
     if len(set(tasks)) != len(tasks):
         raise CheckpointError(f'heads.checkpoints: two heads share a task name: {tasks}')

@@ -1,6 +1,7 @@
 """Ground-truth timelines for bags: a CSV of `start,end,label` in seconds of bag time.
 
-Bag time is the time of the image header stamps (what `replay` publishes on /clock). Segments
+Bag time is the time of the image header stamps (`replay` publishes the recording time on /clock,
+which for camera bags is close to it). Segments
 are half-open [start, end); time between segments is unlabelled and not scored. Times are kept
 as integer nanoseconds, so a frame stamped exactly on a boundary belongs to the later segment.
 """

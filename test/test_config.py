@@ -85,3 +85,25 @@ def test_unknown_parameter_is_named(valid):
     """A typo must not fall back silently to the default."""
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['num_frame'\]"):
         PerceptionConfig.from_params({**valid, 'num_frame': 8})
+
+
+@pytest.mark.parametrize('window, warned', [(2.0, False), (2.1, False), (1.0, True)])
+def test_a_window_unlike_the_heads_training_window_is_warned_about(tmp_path, caplog, window,
+                                                                   warned):
+    import logging
+
+    from node_helpers import make_head
+
+    from step_ros.runtime import build_engine
+
+    head = make_head(tmp_path / 'h.safetensors', num_frames=4)  # trained on 2.0 s windows
+    config = PerceptionConfig.from_params({
+        'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
+        'precision': 'fp32', 'heads.checkpoints': [str(head)], 'num_frames': 4,
+        'window_seconds': window})
+    with caplog.at_level(logging.WARNING, logger='step_ros.runtime'):
+        build_engine(config)
+    messages = [r.getMessage() for r in caplog.records if r.name == 'step_ros.runtime']
+    assert bool(messages) == warned, messages
+    if warned:
+        assert 'window_seconds=1.0' in messages[0] and '2 s windows' in messages[0], messages

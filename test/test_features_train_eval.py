@@ -169,3 +169,28 @@ def test_committed_demo_head_recognises_live_windows(backbone):
                                  ).get(action, action)
     assert hits >= 7, f'{hits}/8 live windows recognised'
     assert flips >= 7, f'{flips}/8 reversed windows read as the counterpart (or same class)'
+
+
+def test_node_window_matches_the_nodes_frame_spacing():
+    from step_ros.features import node_window
+    # 8 frames 0.25 s apart at 30 fps (every 7.5th frame): the node keeps them with a 2 s window.
+    index = sample_indices(60, 8, fps=30.0, start=0.0, end=(7 * 7.5 + 1) / 30.0)
+    assert abs(node_window(index, 30.0) - 2.0) < 0.02, (index, node_window(index, 30.0))
+    assert node_window(np.array([3]), 30.0) == pytest.approx(1 / 30)
+
+
+def test_a_resumed_cache_takes_the_edited_pairs(dataset, backbone, tmp_path):
+    extract(read_clip_list(dataset / 'train.csv'), backbone, num_frames=T, out=tmp_path,
+            progress=False)
+    edited = tmp_path / 'pairs.yaml'
+    edited.write_text('symmetric_pairs: [[pick_up, put_down]]\n')
+    extract(read_clip_list(dataset / 'train.csv', pairs_path=edited), backbone, num_frames=T,
+            out=tmp_path, progress=False)
+    assert FeatureCache.load(tmp_path).symmetric_pairs == (('pick_up', 'put_down'),)
+
+
+def test_extract_rejects_a_shard_size_below_one(dataset, tmp_path, capsys):
+    code = extract_cli.main(['--clips', str(dataset / 'train.csv'), '--out', str(tmp_path),
+                             '--shard-size', '0'])
+    assert code == 2
+    assert '--shard-size 0: must be >= 1' in capsys.readouterr().err

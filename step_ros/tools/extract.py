@@ -32,9 +32,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.frames < 1:
-        print(f'extract: error: --frames {args.frames}: must be >= 1', file=sys.stderr)
-        return 2
+    for flag, value in (('--frames', args.frames), ('--shard-size', args.shard_size)):
+        if value < 1:
+            print(f'extract: error: {flag} {value}: must be >= 1', file=sys.stderr)
+            return 2
     try:
         clip_list = read_clip_list(args.clips, pairs_path=args.pairs)
         backbone = FrozenBackbone.load(args.backbone, image_size=args.image_size,

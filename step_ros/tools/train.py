@@ -73,7 +73,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--task', default='action', help='task name in the checkpoint (action)')
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
-                             'seconds the cached clips span)')
+                             'node window of the cached clips)')
     add_train_arguments(parser)
     return parser
 
