@@ -28,6 +28,7 @@ from sensor_msgs.msg import Image
 from step_ros_msgs.msg import HumanAction
 
 from step_ros.benchmark.measure import summary
+from step_ros.benchmark.plot import plot_run
 from step_ros.benchmark.procstat import find_pid, memory_trend, status_mib
 from step_ros.ros.bench_setup import (
     start_node,
@@ -232,8 +233,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                       samples=result['samples'])
         path = args.out / f'{args.mode}.json'
         path.write_text(json.dumps(report, indent=2) + '\n')
+        picture = plot_run(args.out / f'{args.mode}.png', report, client.latencies)
         print(render(report))
-        print(f'bench_client: wrote {path}', file=sys.stderr)
+        print(f'bench_client: wrote {path} and {picture}', file=sys.stderr)
         return 0
     finally:
         executor.shutdown()
