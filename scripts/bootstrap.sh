@@ -45,17 +45,29 @@ use_system_ros() {
 }
 
 ensure_system_python_deps() {
-    local probe='import torch, transformers, safetensors, cv2, rosbags, tqdm, matplotlib'
-    if python3 -c "$probe" > /dev/null 2>&1; then
-        return
-    fi
-    local log=$logdir/bootstrap-pip.log
-    say "installing requirements/python.txt for the system python3 (user site)"
-    if ! quiet_pip "$log" python3 -m pip install -q --user -r requirements/python.txt; then
-        fail "$log" "could not install the Python dependencies of step_ros for $(command -v python3).
-  Install them yourself (e.g. in a venv created with --system-site-packages, or with
-  'python3 -m pip install --user --break-system-packages -r requirements/python.txt'),
-  so that 'python3 -c \"$probe\"' works, then run this again."
+    # module -> requirement name in requirements/python.txt
+    local -A wanted=([torch]=torch [transformers]=transformers [safetensors]=safetensors
+                     [cv2]=opencv-python-headless [rosbags]=rosbags [tqdm]=tqdm
+                     [matplotlib]=matplotlib [pytest]=pytest [pytest_timeout]=pytest-timeout
+                     [ruff]=ruff)
+    local module missing=()
+    for module in "${!wanted[@]}"; do
+        python3 -c "import $module" > /dev/null 2>&1 || missing+=("${wanted[$module]}")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    local log=$logdir/bootstrap-pip.log pins=$logdir/bootstrap-pins.txt name
+    # The distro's message packages are compiled against its numpy: never let pip replace it.
+    python3 -c 'import numpy; print(f"numpy=={numpy.__version__}")' > "$pins"
+    local requirements=()
+    for name in "${missing[@]}"; do
+        requirements+=("$(grep -E "^${name}==" requirements/python.txt)")
+    done
+    say "installing for the system python3 (user site): ${requirements[*]}"
+    if ! quiet_pip "$log" python3 -m pip install -q --user -c "$pins" "${requirements[@]}"; then
+        fail "$log" "could not install ${requirements[*]} for $(command -v python3) next to the
+  system ROS (numpy held at the system's version). Install them yourself, e.g. in a venv made
+  with --system-site-packages, or use the distro's packages (python3-opencv for cv2), then run
+  this again."
     fi
 }
 
