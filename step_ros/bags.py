@@ -23,15 +23,13 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from step_ros.decode import ImageRejected, decode_compressed, decode_raw
+from step_ros.decode import ImageRejected, decode_message
 from step_ros.engine import MAX_DISORDER_NS
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 IMAGE_TYPES = (IMAGE, COMPRESSED)
 HUMAN_ACTION = 'step_ros_msgs/msg/HumanAction'
-# Header stamps may arrive slightly out of order (several publishers, transport); a stamp more
-# than this far behind the newest one is a restart (bag loop, simulator reset), not jitter.
 
 
 class BagError(ValueError):
@@ -154,13 +152,6 @@ def image_connections(reader: AnyReader, topic: str, bag: str | Path) -> list:
     return conns
 
 
-def decode_message(msgtype: str, msg) -> np.ndarray:
-    """A deserialized Image or CompressedImage -> RGB uint8 (raises ImageRejected)."""
-    if msgtype == IMAGE:
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
-    return decode_compressed(msg.format, msg.data)
-
-
 def _stamp_ns(msg) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
@@ -186,7 +177,7 @@ def iter_frames(path: str | Path, topic: str, *, stats: ReadStats | None = None,
                 stats.out_of_order += 1
             last_out = stamp
             try:
-                image = decode_message(msgtype, msg)
+                image = decode_message(msg, compressed=msgtype == COMPRESSED)
                 if not image.flags.writeable:  # a view of the bag's buffer: torch wants its own
                     image = image.copy()
             except ImageRejected as exc:

@@ -99,3 +99,18 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_message(msg, *, compressed: bool) -> None:
+    """Cheap checks of a sensor_msgs Image / CompressedImage (rclpy or rosbags object)."""
+    if compressed:
+        check_compressed(msg.format, len(msg.data))
+    else:
+        check_raw(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
+
+
+def decode_message(msg, *, compressed: bool) -> np.ndarray:
+    """A sensor_msgs Image / CompressedImage (rclpy or rosbags object) -> RGB uint8 (H, W, 3)."""
+    if compressed:
+        return decode_compressed(msg.format, msg.data)
+    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)

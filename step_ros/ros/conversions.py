@@ -5,11 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from step_ros_msgs.msg import ActionLabels, HumanAction
 
-from step_ros.decode import check_compressed, check_raw, decode_compressed, decode_raw
 from step_ros.engine import Head, Prediction
 
 
@@ -25,21 +24,6 @@ def ns_to_time(ns: int) -> Time:
 def ns_to_duration(ns: int) -> Duration:
     sec, nanosec = divmod(max(int(ns), 0), 1_000_000_000)
     return Duration(sec=sec, nanosec=nanosec)
-
-
-def check_image(msg: Image | CompressedImage) -> None:
-    """Cheap checks (format, sizes; no decoding) of either image message; raises ImageRejected."""
-    if isinstance(msg, CompressedImage):
-        check_compressed(msg.format, len(msg.data))
-    else:
-        check_raw(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
-
-
-def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
-    """Decode either image message to RGB uint8 (H, W, 3); raises decode.ImageRejected."""
-    if isinstance(msg, CompressedImage):
-        return decode_compressed(msg.format, msg.data)
-    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
 
 
 def rgb_to_image(frame: np.ndarray, *, header: Header) -> Image:

@@ -39,13 +39,11 @@ from step_ros_msgs.msg import ActionLabels, HumanAction
 from step_ros.backbone import BackboneError
 from step_ros.checkpoint import CheckpointError
 from step_ros.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
-from step_ros.decode import ImageRejected
+from step_ros.decode import ImageRejected, check_message, decode_message
 from step_ros.engine import StreamingEngine
 from step_ros.ros import diagnostics
 from step_ros.ros.conversions import (
     annotate,
-    check_image,
-    image_to_rgb,
     labels_msg,
     prediction_to_msg,
     rgb_to_image,
@@ -253,14 +251,15 @@ class PerceptionNode(LifecycleNode):
                        'using the receive time (fix the camera driver)')
             header.stamp = self.get_clock().now().to_msg()
             stamp_ns = stamp_to_ns(header.stamp)
+        compressed = isinstance(msg, CompressedImage)
         try:
-            check_image(msg)  # every frame: encoding and sizes, no pixel touched
+            check_message(msg, compressed=compressed)  # every frame: format, sizes; no pixels
             # Decoded (e.g. a JPEG) only if the stamp sampler keeps the frame: most are skipped.
-            result = self.engine.push(lambda: image_to_rgb(msg), stamp_ns, received_ns)
+            result = self.engine.push(lambda: decode_message(msg, compressed=compressed),
+                                      stamp_ns, received_ns)
         except ImageRejected as exc:
             self.stats.count_rejected(exc.kind)
-            topic = self._compressed_topic if isinstance(msg, CompressedImage) \
-                else self._image_topic
+            topic = self._compressed_topic if compressed else self._image_topic
             self._warn(exc.kind, f'rejected image on {topic} ({exc.kind}, '
                        f'{self.stats.rejected[exc.kind]} so far): {exc}')
             return

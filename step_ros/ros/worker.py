@@ -20,7 +20,6 @@ class LatestSlot:
         self._item: Any = None
         self._full = False
         self._closed = False
-        self.put_count = 0
         self.dropped = 0
 
     def put(self, item: Any) -> bool:
@@ -28,7 +27,6 @@ class LatestSlot:
         with self._cond:
             replaced = self._full
             self._item, self._full = item, True
-            self.put_count += 1
             self.dropped += int(replaced)
             self._cond.notify()
             return replaced
