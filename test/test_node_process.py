@@ -67,20 +67,25 @@ def test_actions_from_published_frames(client, perception):
         return any(kv.key == 'state' and kv.value == text
                    for msg in diagnostics for status in msg.status for kv in status.values)
 
-    # 3 sampled frames of 4: the node reports that it warms up, and publishes nothing.
+    # 3 sampled frames of 4: the node reports that it warms up, and publishes only that.
     for i in range(5):
         publish(i)
     assert spin_until(executor, lambda: state(f'warming up (3/{T} frames)'), timeout=30), \
         f'diagnostics never said warming up (3/{T}); output:\n{perception.output()}'
-    assert not actions, f'published while warming up: {actions[0]}'
+    spin_until(executor, lambda: len(actions) >= 3, timeout=5)
+    assert [(a.state, a.label, a.frames) for a in actions] == [
+        ('warming_up', '', n) for n in range(1, T)], actions
+    warming = len(actions)
 
     i = 5
-    while len(actions) < 3 and i < 60 and perception.process.poll() is None:
+    while len(actions) < warming + 3 and i < 60 and perception.process.poll() is None:
         publish(i)
         i += 1
-    spin_until(executor, lambda: len(actions) >= 3, timeout=10)
-    assert len(actions) >= 3, f'{len(actions)} HumanAction for {i} frames:\n{perception.output()}'
-    for msg in actions:
+    spin_until(executor, lambda: len(actions) >= warming + 3, timeout=10)
+    assert len(actions) >= warming + 3, \
+        f'{len(actions)} HumanAction for {i} frames:\n{perception.output()}'
+    for msg in actions[warming:]:
+        assert msg.state in ('idle', 'active', 'uncertain'), msg
         stamp, start = stamp_to_ns(msg.header.stamp), stamp_to_ns(msg.window_start)
         assert stamp in published and start in published, (stamp, start)
         # T - 1 sampling periods; a period longer when a busy worker dropped a sampled frame.
