@@ -144,7 +144,7 @@ class PerceptionNode(LifecycleNode):
             self._events[head.task] = self.create_lifecycle_publisher(
                 ActionEvent, f'{topic}/events', EVENT_QOS)
             self._deciders[head.task] = Decider(
-                task=head.task, labels=head.labels, background=head.meta.background,
+                task=head.task, labels=head.labels, background=head.background,
                 config=self.config.decision,
                 window_ns=round(self.config.engine.window_seconds * 1e9))
             # A plain publisher, published once here: the label list describes the loaded model
