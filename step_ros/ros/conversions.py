@@ -79,7 +79,8 @@ def event_to_msg(event: Event, *, frame_id: str) -> ActionEvent:
 
 def labels_msg(head: Head, *, topic: str) -> ActionLabels:
     return ActionLabels(task=head.task, topic=topic, labels=list(head.labels),
-                        pair_a=[a for a, _ in head.pairs], pair_b=[b for _, b in head.pairs])
+                        pair_a=[a for a, _ in head.pairs], pair_b=[b for _, b in head.pairs],
+                        background=head.background or '')
 
 
 def annotate(frame: np.ndarray, predictions: list[Prediction]) -> np.ndarray:

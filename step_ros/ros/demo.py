@@ -1,10 +1,13 @@
 """`python -m step_ros demo`: perception_node on a synthetic camera, results printed live.
 
 Starts the node as a subprocess on config/demo.yaml, publishes a 30 fps stream of procedural
-actions (step_ros.synth.ActionStream) with header stamps = stream time, prints every HumanAction
-next to the action really shown, and ends with the agreement rate over full windows (all frames
-inside one action), overall and on the nearly symmetric pairs. Everything stays on this machine,
-in a ROS domain of its own.
+actions (step_ros.synth.ActionStream) with header stamps = stream time, and prints what a planner
+receives: the decided state when it changes and each START / END event, next to the action
+really shown (not every raw window). It ends with the raw agreement over full windows (all frames
+inside one action) and the stream metrics of its own run, raw against decided (accuracy, label
+changes per minute, edit score, F1@IoU; START precision / recall / F1, onset latency, false
+starts on background), computed by step_ros.stream_metrics as bag-eval does. Everything stays on
+this machine, in a ROS domain of its own.
 """
 
 from __future__ import annotations
@@ -39,47 +42,136 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
 
 class Scoreboard:
-    """Collects HumanAction results and compares them with the actions shown."""
+    """Collects the node's decided stream and events and compares them with the actions shown.
 
-    def __init__(self, *, stream, base_ns: int, pairs: set[str]) -> None:
+    Prints what a planner sees: a line when the decided state changes and one per event, not
+    every raw window.
+    """
+
+    def __init__(self, *, stream, base_ns: int, pairs: set[str], background: str | None,
+                 window_s: float) -> None:
         self.stream = stream
         self.base_ns = base_ns
         self.pairs = pairs  # labels that belong to a symmetric pair
-        self.rows: list[tuple[str, str, bool]] = []  # (predicted, true, full window)
+        self.background = background
+        self.window_s = window_s
+        # (t newest, t oldest, raw label, decided label) per decided window
+        self.rows: list[tuple[float, float, str, str]] = []
+        self.events: list[tuple[str, str, float, float]] = []  # (kind, label, t, t decided)
+        self.shown: tuple[str, str] | None = None  # the (state, stable label) printed last
         self.lock = threading.Lock()
 
-    def truth(self, t_newest: float, t_oldest: float) -> tuple[str, bool]:
-        for start, end, label in reversed(self.stream.segments()):
-            if start <= t_newest < end:
-                return label, start <= t_oldest + 1e-6
-        return '?', False
+    def seconds(self, stamp, stamp_to_ns) -> float:
+        return (stamp_to_ns(stamp) - self.base_ns) / 1e9
 
-    def add(self, msg, stamp_to_ns) -> str:
-        t_newest = (stamp_to_ns(msg.header.stamp) - self.base_ns) / 1e9
-        t_oldest = (stamp_to_ns(msg.window_start) - self.base_ns) / 1e9
-        true, full = self.truth(t_newest, t_oldest)
+    def truth(self, t: float) -> str:
+        """The action shown at stream time t; background (or '') between actions."""
+        for start, end, label in reversed(self.stream.segments()):
+            if start <= t < end:
+                return label
+        return self.background or ''
+
+    def true_since(self, t: float) -> float | None:
+        for start, end, _ in reversed(self.stream.segments()):
+            if start <= t < end:
+                return start
+        return None
+
+    def add_action(self, msg, stamp_to_ns) -> str | None:
+        t = self.seconds(msg.header.stamp, stamp_to_ns)
+        if msg.state != 'warming_up':
+            decided = msg.stable_label if msg.state == 'active' else (self.background or '')
+            with self.lock:
+                self.rows.append((t, self.seconds(msg.window_start, stamp_to_ns), msg.label,
+                                  decided))
+        key = (msg.state, msg.stable_label)
+        if key == self.shown:
+            return None
+        self.shown = key
+        if msg.state == 'warming_up':
+            return f'{t:7.2f} s  warming up ({msg.frames} frames buffered)'
+        decided = f'{msg.state} {msg.stable_label}'.strip()
+        conf = f'{msg.stable_confidence:.2f}' if msg.state == 'active' else ''
+        return (f'{t:7.2f} s  {decided:<22} {conf:>4}  raw {msg.label:<13} '
+                f'{msg.confidence:4.2f}  true: {self.truth(t)}')
+
+    def add_event(self, msg, stamp_to_ns) -> str:
+        t = self.seconds(msg.stamp, stamp_to_ns)
+        decided = self.seconds(msg.header.stamp, stamp_to_ns)
         with self.lock:
-            self.rows.append((msg.label, true, full))
-        ambiguity = f'ambiguous ({msg.ambiguous_with}, {msg.ambiguity_reason})' \
-            if msg.ambiguous else ''
-        verdict = ('ok' if msg.label == true else 'WRONG') if full else '(window spans 2 actions)'
-        latency_ms = msg.latency.sec * 1e3 + msg.latency.nanosec / 1e6
-        return (f'{t_newest:7.2f} s  {msg.label:<13} {msg.confidence:5.2f}  {ambiguity:<32} '
-                f'true: {true:<13} {verdict}  [{latency_ms:.0f} ms]')
+            self.events.append((msg.kind, msg.label, t, decided))
+        if msg.kind == 'start':
+            since = self.true_since(t)
+            true = self.truth(t) + (f' since {since:.2f} s' if since is not None else '')
+            return (f'{decided:7.2f} s  START {msg.label:<13} onset {t:6.2f} s  '
+                    f'p={msg.confidence:.2f}  true: {true}')
+        duration = msg.duration.sec + msg.duration.nanosec * 1e-9
+        return (f'{decided:7.2f} s  END   {msg.label:<13} offset {t:5.2f} s  '
+                f'{duration:.2f} s long')
 
     def summary(self) -> list[str]:
         with self.lock:
-            full = [(p, t) for p, t, f in self.rows if f]
-        lines = [f'{len(self.rows)} results, {len(full)} on full windows (all frames inside one '
-                 'action)']
-        for name, rows in (('overall', full), ('symmetric pairs', [r for r in full
-                                                                     if r[1] in self.pairs])):
-            if rows:
-                hits = sum(p == t for p, t in rows)
-                lines.append(f'agreement {name}: {hits}/{len(rows)} = {hits / len(rows):.1%}')
+            rows, events = list(self.rows), list(self.events)
+        full = [(raw, self.truth(t)) for t, oldest, raw, _ in rows
+                if self.true_since(t) is not None and self.true_since(t) <= oldest + 1e-6]
+        lines = [f'{len(rows)} results, {len(full)} on full windows (all frames inside one '
+                 f'action), {len(events)} events']
+        for name, subset in (('overall', full), ('symmetric pairs', [r for r in full
+                                                                       if r[1] in self.pairs])):
+            if subset:
+                hits = sum(p == t for p, t in subset)
+                lines.append(f'raw agreement {name} (full windows): {hits}/{len(subset)} = '
+                             f'{hits / len(subset):.1%}')
             else:
-                lines.append(f'agreement {name}: no full windows')
-        return lines
+                lines.append(f'raw agreement {name}: no full windows')
+        return lines + stream_summary(self, rows, events)
+
+
+def stream_summary(board: Scoreboard, rows: list, events: list) -> list[str]:
+    """The stream metrics of this run (step_ros.stream_metrics, as bag-eval reports them)."""
+    from step_ros import stream_metrics
+
+    if len(rows) < 2:
+        return ['stream metrics: fewer than two decided windows']
+    background = board.background
+    truth = [board.truth(t) for t, *_ in rows]
+    minutes = (rows[-1][0] - rows[0][0]) / 60.0
+    lines = [f'stream over {minutes * 60:.1f} s: {stream_metrics.changes(truth) / minutes:.1f} '
+             'true label changes per minute']
+    for name, labels in (('raw', [r[2] for r in rows]), ('decided', [r[3] for r in rows])):
+        accuracy = sum(p == t for p, t in zip(labels, truth)) / len(rows)
+        f1 = '/'.join(f'{stream_metrics.f1_at_iou(labels, truth, th, background=background):.2f}'
+                      for th in stream_metrics.IOU_THRESHOLDS)
+        lines.append(
+            f'{name:>7}: accuracy {accuracy:.1%}, '
+            f'{stream_metrics.changes(labels) / minutes:.1f} label changes per minute, '
+            f'edit score {stream_metrics.edit_score(labels, truth, background=background):.1f}, '
+            f'F1@{"/".join(map(str, stream_metrics.IOU_THRESHOLDS))} {f1}')
+    first, last = rows[0][0], rows[-1][0]
+    segments = [(label, round(start * 1e9), round(end * 1e9))
+                for start, end, label in board.stream.segments()
+                if label != background and start < last and end > first]
+    covered = sum(min(end, last) - max(start, first) for start, end, label
+                  in board.stream.segments() if label != background and start < last)
+    starts = [(label, round(t * 1e9), round(decided * 1e9))
+              for kind, label, t, decided in events if kind == 'start']
+    scores = stream_metrics.event_scores(
+        starts, segments, tolerance_ns=round(board.window_s / 2 * 1e9),
+        background_ns=max(round((last - first - covered) * 1e9), 0),
+        background_hits=[board.truth(t / 1e9) == (background or '') for _, t, _ in starts])
+
+    def number(value, form: str) -> str:
+        return 'n/a' if value is None else format(value, form)
+
+    latency = scores['onset_latency_s']
+    lines.append(
+        f' events: {scores["starts"]} STARTs for {scores["true_segments"]} actions: precision '
+        f'{number(scores["start_precision"], ".2f")}, recall '
+        f'{number(scores["start_recall"], ".2f")}, F1 {number(scores["start_f1"], ".2f")}; '
+        f'onset latency p50 {number(latency["p50"], ".2f")} s, p90 '
+        f'{number(latency["p90"], ".2f")} s; false starts on background '
+        f'{number(scores["false_starts_per_min_background"], ".2f")} per minute')
+    return lines
 
 
 def _start_node(params_file: Path, camera: str, log) -> subprocess.Popen:
@@ -128,10 +220,10 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
-    from step_ros_msgs.msg import ActionLabels, HumanAction
+    from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction
 
     from step_ros.ros.conversions import ns_to_time, rgb_to_image, stamp_to_ns
-    from step_ros.ros.perception_node import IMAGE_QOS, LATCHED_QOS, RESULT_QOS
+    from step_ros.ros.perception_node import EVENT_QOS, IMAGE_QOS, LATCHED_QOS, RESULT_QOS
     from step_ros.synth import ActionStream
 
     topic = '/' + config.head_topics[0].lstrip('/')
@@ -149,10 +241,16 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
         node.create_subscription(ActionLabels, f'{topic}/labels', labels.append, LATCHED_QOS)
 
         def on_action(msg: HumanAction) -> None:
+            line = board.add_action(msg, stamp_to_ns) if board is not None else None
+            if line:
+                print(line, flush=True)
+
+        def on_event(msg: ActionEvent) -> None:
             if board is not None:
-                print(board.add(msg, stamp_to_ns), flush=True)
+                print(board.add_event(msg, stamp_to_ns), flush=True)
 
         node.create_subscription(HumanAction, topic, on_action, RESULT_QOS)
+        node.create_subscription(ActionEvent, f'{topic}/events', on_event, EVENT_QOS)
         spinner.start()
         print('demo: starting perception_node (loading the model)...', flush=True)
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
@@ -168,12 +266,17 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
         stream = ActionStream(seed=args.seed, fps=args.fps,
                               action_seconds=args.action_seconds or engine.window_seconds)
         base_ns = time.time_ns()
-        board = Scoreboard(stream=stream, base_ns=base_ns, pairs=pairs)
-        print(f'demo: labels {list(labels[0].labels)}; camera {args.fps:g} fps for '
+        board = Scoreboard(stream=stream, base_ns=base_ns, pairs=pairs,
+                           background=labels[0].background or None,
+                           window_s=engine.window_seconds)
+        print(f'demo: labels {list(labels[0].labels)} (background: '
+              f'{labels[0].background or "none"}); camera {args.fps:g} fps for '
               f'{args.seconds:g} s\ndemo: warming up: the first result comes once '
               f'{engine.num_frames} frames ({engine.window_seconds:g} s of video) are buffered',
               flush=True)
-        print(f'{"newest":>9}  {"predicted":<13} {"conf":>5}  {"ambiguity":<32} true action',
+        print('demo: one line per change of the decided state and per START / END event '
+              '(stream time; onset / offset estimated by the node)', flush=True)
+        print(f'{"decided":>9}  {"state":<22} {"p":>4}  raw window            true action',
               flush=True)
         start = time.monotonic()
         for frame, t, _ in stream:
