@@ -425,11 +425,12 @@ def _check_index(index: dict) -> tuple:
                 isinstance(shard.get('count'), bool) or not isinstance(shard.get('count'), int) \
                 or shard['count'] < 1:
             raise ValueError(f'shard entry {str(shard)[:120]}: expected {{file: name, count: n}}')
-    if len(spans) != len(clips) or not all(
+    extracted = sum(shard['count'] for shard in shards)
+    if len(spans) != extracted or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
             for v in spans):
-        raise ValueError(f'spans: expected one finite window > 0 per clip ({len(clips)}), got '
-                         f'{len(spans)}')
+        raise ValueError(f'spans: expected one finite window > 0 per extracted clip '
+                         f'({extracted}), got {len(spans)}')
     return labels, pairs, clips, shards, spans, num_frames
 
 
