@@ -42,6 +42,8 @@ class HeadMeta:
     backbone: dict  # BackboneInfo.to_dict() of the backbone the head was trained on
     window_seconds: float = 2.0  # clip duration the T training frames were spread over
     training: dict = field(default_factory=dict)  # free-form: data, epochs, accuracy, seed
+    temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature)
+    background: str | None = None  # the 'nothing is happening' label, if the head has one
 
     @property
     def feature_dim(self) -> int:
@@ -56,7 +58,8 @@ class HeadMeta:
             format=FORMAT, task=self.task, labels=list(self.labels),
             symmetric_pairs=[list(p) for p in self.symmetric_pairs], head=self.head.to_dict(),
             num_frames=self.num_frames, feature_dim=self.feature_dim,
-            backbone=self.backbone, window_seconds=self.window_seconds, training=self.training))
+            backbone=self.backbone, window_seconds=self.window_seconds, training=self.training,
+            temperature=self.temperature, background=self.background))
 
     @classmethod
     def from_json(cls, text: str) -> HeadMeta:
@@ -93,7 +96,7 @@ class HeadMeta:
                                        high=MAX_FRAMES),
                    backbone=backbone,
                    window_seconds=_seconds('window_seconds', values['window_seconds']),
-                   training=training)
+                   training=training, **_calibration(values, labels))
 
     def check_backbone(self, info: BackboneInfo, *, source: str) -> None:
         """Raise CheckpointError unless the head was trained on features of this backbone."""
@@ -109,6 +112,19 @@ class HeadMeta:
                 f"{source}: head was trained on the weights of {trained['id']} (fingerprint "
                 f"{trained['fingerprint']}) but the backbone {info.id} has fingerprint "
                 f'{info.fingerprint}: features differ; retrain the head on this backbone')
+
+
+def _calibration(values: dict, labels: tuple[str, ...]) -> dict:
+    """temperature and background; heads written before they existed get 1.0 and 'none'
+    (when that is one of their labels)."""
+    temperature = values.get('temperature', 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+            not math.isfinite(temperature) or not temperature > 0:
+        raise ValueError(f'temperature={_r(temperature)}: must be a finite number > 0')
+    background = values.get('background', 'none' if 'none' in labels else None)
+    if background is not None and background not in labels:
+        raise ValueError(f'background={_r(background)} is not one of the labels {list(labels)}')
+    return dict(temperature=float(temperature), background=background)
 
 
 def validate_pairs(labels: tuple[str, ...], pairs) -> tuple[tuple[str, str], ...]:

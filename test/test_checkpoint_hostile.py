@@ -105,6 +105,9 @@ METADATA_CASES = [
     ('head_kind', {'head.kind': 'mlp'}, ["head.kind='mlp'"]),
     ('head_mlp_ratio_nan', {'head.mlp_ratio': math.nan}, ['head.mlp_ratio=nan']),
     ('training_list', dict(training=[1]), ['training [1]']),
+    ('temperature_string', dict(temperature='2'), ["temperature='2'"]),
+    ('temperature_nan', dict(temperature=math.nan), ['temperature=nan']),
+    ('background_missing', dict(background='idle'), ["background='idle'"]),
     ('format', dict(format='other/1'), ["format 'other/1'"]),
     ('no_task', dict(task=_DROP), ["missing fields ['task']"]),
 ]
