@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
 from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
-from step_ros.checkpoint import validate_pairs
+from step_ros.checkpoint import MAX_FRAMES, validate_pairs
 from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
 from step_ros.engine import EngineConfig, StampSampler
 from step_ros.features import DataError, FeatureCache, read_pairs
@@ -74,8 +74,8 @@ class NodeSettings:
             choices = table[name].choices
             if v[name] not in choices and not (name == 'device' and v[name].startswith('cuda:')):
                 raise ConfigError(f'{name}={v[name]!r}: expected one of {list(choices)}')
-        if v['num_frames'] < 1:
-            raise ConfigError(f"num_frames={v['num_frames']}: must be >= 1")
+        if not 1 <= v['num_frames'] <= MAX_FRAMES:
+            raise ConfigError(f"num_frames={v['num_frames']}: must be in [1, {MAX_FRAMES}]")
         if not v['window_seconds'] > 0:
             raise ConfigError(f"window_seconds={v['window_seconds']}: must be > 0")
         if v['backbone.image_size'] < 0:
@@ -336,7 +336,16 @@ class BagFeatureCache(FeatureCache):
 
 def load_cache(path: str | Path) -> BagFeatureCache:
     """OUT (every recording) or OUT/<split> (its recordings) of `extract_bags`."""
-    path = Path(path)
+    try:
+        return _load_cache(Path(path))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f'{path}: damaged bag cache index ({type(exc).__name__}: {exc}); '
+                        'delete the cache directory and extract again') from exc
+
+
+def _load_cache(path: Path) -> BagFeatureCache:
     index = json.loads((path / INDEX).read_text())
     split = None
     root = path
@@ -362,6 +371,11 @@ def load_cache(path: str | Path) -> BagFeatureCache:
             continue
         chosen.append({k: rec[k] for k in ('bag', 'topic', 'labels', 'split', 'relative')})
         tokens = [load_file(str(root / s['file']))['tokens'] for s in rec['shards']]
+        for shard, part in zip(rec['shards'], tokens):
+            if part.ndim != 3 or len(part) != shard['count'] or (
+                    frames and part.shape[1:] != frames[0].shape[1:]):
+                raise DataError(f"{root / shard['file']}: tokens of shape {list(part.shape)}, "
+                                f"expected ({shard['count']}, 1 + N, D) like the other shards")
         frames += tokens
         for start, label in rec['windows']:
             starts.append(offset + start)
