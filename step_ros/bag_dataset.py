@@ -345,6 +345,14 @@ def load_cache(path: str | Path) -> BagFeatureCache:
                         'delete the cache directory and extract again') from exc
 
 
+def _shard(path: Path) -> torch.Tensor:
+    try:
+        return load_file(str(path))['tokens']
+    except Exception as exc:  # missing, truncated or foreign file: safetensors raises several
+        raise DataError(f'{path}: unreadable token shard ({type(exc).__name__}: {exc}); delete '
+                        'the cache directory and extract again') from exc
+
+
 def _load_cache(path: Path) -> BagFeatureCache:
     index = json.loads((path / INDEX).read_text())
     split = None
@@ -370,7 +378,7 @@ def _load_cache(path: Path) -> BagFeatureCache:
         if split is not None and rec['split'] != split:
             continue
         chosen.append({k: rec[k] for k in ('bag', 'topic', 'labels', 'split', 'relative')})
-        tokens = [load_file(str(root / s['file']))['tokens'] for s in rec['shards']]
+        tokens = [_shard(root / s['file']) for s in rec['shards']]
         for shard, part in zip(rec['shards'], tokens):
             if part.ndim != 3 or len(part) != shard['count'] or (
                     frames and part.shape[1:] != frames[0].shape[1:]):
