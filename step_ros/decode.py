@@ -20,6 +20,7 @@ import threading
 import cv2
 import numpy as np
 
+from step_ros import raw_formats
 from step_ros.image_header import HeaderError, declared_size
 
 # 4K UHD is 8.3 MP and common 12 MP machine-vision sensors fit; a decoded frame of this size is
@@ -48,19 +49,24 @@ _RAW = {
     'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUY2),
     'yuyv': (2, cv2.COLOR_YUV2RGB_YUY2),
 }
-SUPPORTED_RAW = tuple(_RAW)
+SUPPORTED_RAW = tuple(_RAW) + raw_formats.SUPPORTED  # the camera formats: raw_formats.py
 
 
 def check_raw(encoding: str, height: int, width: int, step: int, size: int, *,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Cheap checks of sensor_msgs/Image fields (no pixel is touched); raises ImageRejected."""
     enc = encoding.lower()
-    if enc not in _RAW:
+    if enc not in _RAW and enc not in raw_formats.FORMATS:
         raise ImageRejected('encoding', f'unsupported encoding {encoding!r} (supported: '
                             f"{', '.join(SUPPORTED_RAW)})")
     if height <= 0 or width <= 0:
         raise ImageRejected('size', f'empty image {width}x{height}')
     _check_pixels(width, height, max_pixels, encoding)
+    if enc in raw_formats.FORMATS:
+        try:
+            return raw_formats.check(enc, height, width, step, size)
+        except raw_formats.FormatError as exc:
+            raise ImageRejected(exc.kind, str(exc)) from exc
     channels = _RAW[enc][0]
     if channels == 2 and width % 2:
         raise ImageRejected('size', f'{encoding} needs an even width (pixel pairs share '
@@ -74,10 +80,16 @@ def check_raw(encoding: str, height: int, width: int, step: int, size: int, *,
 
 
 def decode_raw(encoding: str, height: int, width: int, step: int, data, *,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               is_bigendian: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """sensor_msgs/Image fields -> contiguous RGB uint8 (H, W, 3)."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     check_raw(encoding, height, width, step, buffer.size, max_pixels=max_pixels)
+    if encoding.lower() in raw_formats.FORMATS:
+        try:
+            return raw_formats.decode(encoding, height, width, step, buffer,
+                                      is_bigendian=bool(is_bigendian))
+        except raw_formats.FormatError as exc:
+            raise ImageRejected(exc.kind, str(exc)) from exc
     channels, conversion = _RAW[encoding.lower()]
     image = buffer.reshape(height, step)[:, :width * channels].reshape(height, width, channels)
     if conversion is None:
@@ -155,7 +167,7 @@ def decode_message(msg, *, compressed: bool, max_pixels: int = DEFAULT_MAX_PIXEL
     if compressed:
         return decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
     return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                      max_pixels=max_pixels)
+                      is_bigendian=bool(getattr(msg, 'is_bigendian', 0)), max_pixels=max_pixels)
 
 
 # libjpeg reports corrupt data (e.g. 'Corrupt JPEG data: premature end of data segment' when the
