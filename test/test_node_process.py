@@ -41,18 +41,21 @@ def test_actions_from_published_frames(client, perception):
     node, executor = client
     labels, actions, diagnostics, debug = [], [], [], []
     node.create_subscription(Image, '/debug_image', debug.append, RESULT_QOS)
-    node.create_subscription(ActionLabels, '/human_action/labels', labels.append, LATCHED_QOS)
     node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
     node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, RESULT_QOS)
     camera = node.create_publisher(Image, CAMERA, IMAGE_QOS['sensor_data'])
-
-    # The labels are latched: this subscriber joins after the node published them.
-    assert spin_until(executor, lambda: labels, timeout=60, process=perception), \
-        f'no ActionLabels from perception_node; its output:\n{perception.output()}'
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0, timeout=90,
+                      process=perception), \
+        f'perception_node does not subscribe {CAMERA}:\n{perception.output()}'
+    # Subscribed to the camera means activated, after configure published the label list once:
+    # this subscriber joins late, and gets the list only because it is latched.
+    spin_until(executor, lambda: False, timeout=1.0)
+    node.create_subscription(ActionLabels, '/human_action/labels', labels.append, LATCHED_QOS)
+    assert spin_until(executor, lambda: labels, timeout=20, process=perception), \
+        f'no ActionLabels for a late subscriber; node output:\n{perception.output()}'
+    assert len(labels) == 1, f'label list published {len(labels)} times'
     assert tuple(labels[0].labels) == LABELS and labels[0].task == 'action'
     assert labels[0].topic == '/human_action'
-    assert spin_until(executor, lambda: camera.get_subscription_count() > 0, timeout=20), \
-        f'perception_node does not subscribe {CAMERA}:\n{perception.output()}'
 
     published: list[int] = []
 
