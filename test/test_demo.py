@@ -37,23 +37,39 @@ def _run_demo(args: list[str]) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
-def test_demo_prints_actions_and_agrees_with_the_shown_actions():
-    """With the shipped demo head (config/demo.yaml), the recognised actions agree with the ones
-    shown, the nearly symmetric pairs included: a window seen in the wrong order, or any other
-    break between camera and result, brings the agreement down to chance."""
+def test_demo_prints_decisions_events_and_stream_metrics():
+    """With the shipped demo head (config/demo.yaml): the demo prints the decided stream (one line
+    per change, not per window) and the START / END events, and ends with the stream metrics of
+    its run. The raw windows agree with the actions shown, the nearly symmetric pairs included: a
+    window seen in the wrong order, or any other break between camera and result, brings the
+    agreement down to chance."""
     code, out, err = _run_demo(['--seconds', '20'])
     assert code == 0, out + err
     assert 'warming up' in out, out
-    rows = re.findall(r'^\s+(\d+\.\d+) s  (\w+)\s+(\d\.\d\d) .* true: (\w+)', out, re.M)
-    assert len(rows) >= 10, out
-    assert all(label in ACTIONS and true in ACTIONS for _, label, _, true in rows), rows
-    # 8 frames over 2 s: the first result needs 7 sampling periods (1.75 s) of stream time.
-    assert float(rows[0][0]) >= 1.7, rows[0]
-    overall = re.search(r'agreement overall: (\d+)/(\d+) = ', out)
+    events = re.findall(r'^\s+(\d+\.\d+) s  (START|END)\s+(\w+)\s+(?:onset|offset)\s+'
+                        r'(\d+\.\d+) s', out, re.M)
+    assert sum(kind == 'START' for _, kind, _, _ in events) >= 2, out
+    # A START, then the END of that label, and so on; onsets and offsets precede the decision.
+    for i, (decided, kind, label, stamp) in enumerate(events):
+        assert kind == ('START' if i % 2 == 0 else 'END'), events
+        assert label in ACTIONS and float(stamp) <= float(decided), (label, stamp, decided)
+        if kind == 'END':
+            assert label == events[i - 1][2] and float(stamp) >= float(events[i - 1][3]), events
+    states = re.findall(r'^\s+(\d+\.\d+) s  (idle|uncertain|active \w+)\s', out, re.M)
+    results = re.search(r'demo: (\d+) results, (\d+) on full windows', out)
+    assert states and results, out
+    assert len(states) < int(results.group(1)), 'a line per raw window, not per change'
+    # 8 frames over 2 s: the first decision needs 7 sampling periods (1.75 s) of stream time.
+    assert float(states[0][0]) >= 1.7, states[0]
+    for name in ('raw', 'decided'):
+        assert re.search(rf'demo: +{name}: accuracy \d+\.\d%, label changes \d+\.\d+ per '
+                         r'minute, edit score \d+\.\d, F1@0\.1/0\.25/0\.5 ', out), out
+    assert re.search(r'demo:  events: \d+ STARTs for \d+ actions: precision ', out), out
+    overall = re.search(r'raw agreement overall \(full windows\): (\d+)/(\d+) = ', out)
     assert overall, out
     hits, total = map(int, overall.groups())
     assert total >= 4 and hits >= 0.7 * total, f'agreement {hits}/{total}:\n{out}'
-    pairs = re.search(r'agreement symmetric pairs: (\d+)/(\d+) = ', out)
+    pairs = re.search(r'raw agreement symmetric pairs \(full windows\): (\d+)/(\d+) = ', out)
     if pairs:
         hits, total = map(int, pairs.groups())
         assert hits >= 0.5 * total, f'symmetric pairs agreement {hits}/{total}:\n{out}'

@@ -1,5 +1,6 @@
 """`replay` publishes a bag with its stamps and /clock; the live node fed by it under
-use_sim_time publishes the same labels for the same windows as `bag-eval` on the same bag."""
+use_sim_time publishes the same labels for the same windows, and the same START / END events,
+as `bag-eval` on the same bag."""
 
 import csv
 import os
@@ -14,7 +15,7 @@ pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run
 from node_helpers import REPO, ChildProcess, NodeProcess, make_head, spin_until, write_params  # noqa: E402,I001
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from step_ros_msgs.msg import HumanAction  # noqa: E402
+from step_ros_msgs.msg import ActionEvent, HumanAction  # noqa: E402
 
 from step_ros.config import load_params_file, resolve_path  # noqa: E402
 from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS  # noqa: E402
@@ -139,8 +140,13 @@ def test_live_node_agrees_with_bag_eval(client, replay_factory, env, tmp_path):
     offline = [(int(r['stamp'].replace('.', '')), int(r['window_start'].replace('.', '')),
                 r['label'], float(r['confidence']))
                for r in csv.DictReader((tmp_path / 'eval' / 'predictions.csv').open())]
+    offline_events = [(r['kind'], r['label'], int(r['stamp'].replace('.', '')),
+                       int(r['decided'].replace('.', '')))
+                      for r in csv.DictReader((tmp_path / 'eval' / 'events.csv').open())]
 
-    live = []
+    live, live_events = [], []
+    node.create_subscription(ActionEvent, '/human_action/events', lambda m: live_events.append(
+        (m.kind, m.label, ns(m.stamp), ns(m.header.stamp))), 100)
     node.create_subscription(HumanAction, '/human_action', lambda m: live.append(
         (ns(m.header.stamp), ns(m.window_start), m.label, m.confidence))
         if m.state != HumanAction.STATE_WARMING_UP else None, 100)
@@ -156,6 +162,7 @@ def test_live_node_agrees_with_bag_eval(client, replay_factory, env, tmp_path):
         spin_until(executor, lambda: not replay.running(), timeout=90, process=perception)
         assert replay.stop() == 0, replay.log.read_text()
         spin_until(executor, lambda: len(live) >= len(offline), timeout=5)
+        spin_until(executor, lambda: len(live_events) >= len(offline_events), timeout=5)
     finally:
         perception.stop()
     offline_windows, live_windows = signatures(offline), signatures(live)
@@ -171,3 +178,16 @@ def test_live_node_agrees_with_bag_eval(client, replay_factory, env, tmp_path):
             live_windows[key]
         assert live_label == label, (key, label, live_label)
         assert abs(live_confidence - confidence) < 1e-4, (key, confidence, live_confidence)
+
+    # Decisions: the same START / END events (label, kind, onset / offset stamp, decision
+    # window) as bag-eval's. The decision state only depends on the windows seen so far, so up
+    # to the first window the live node missed (if any) the events must be identical.
+    missed = [stamp for stamp, *_ in offline
+              if not any(key[0] == stamp for key in matched)]
+    horizon = min(missed, default=None)
+    seen = [e for e in live_events if horizon is None or e[3] < horizon]
+    expected = [e for e in offline_events if horizon is None or e[3] < horizon]
+    print(f'events: {len(offline_events)} from bag-eval, {len(live_events)} from the live node; '
+          f'compared up to {horizon or "the end"}')
+    assert sum(kind == 'start' for kind, *_ in expected) >= 2, (offline_events, horizon)
+    assert seen == expected, (seen, expected)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 NODE_START_TIMEOUT_S = 120.0
+IDLE_SECONDS = (0.5, 4.0)  # as in `synth --bag`
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -38,6 +39,10 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument('--action-seconds', type=float, default=None,
                         help='length of each action (default: the window length, as in '
                              'training)')
+    parser.add_argument('--idle-seconds', type=float, nargs=2, default=IDLE_SECONDS,
+                        metavar=('SHORTEST', 'LONGEST'),
+                        help='idle gap (the background class) after each action, of a length '
+                             'drawn uniformly from this range (default 0.5 4.0; 0 0: none)')
     return parser
 
 
@@ -48,9 +53,10 @@ class Scoreboard:
     every raw window.
     """
 
-    def __init__(self, *, stream, base_ns: int, pairs: set[str], background: str | None,
-                 window_s: float) -> None:
+    def __init__(self, *, stream, base_ns: int, labels: list[str], pairs: set[str],
+                 background: str | None, window_s: float) -> None:
         self.stream = stream
+        self.labels = labels
         self.base_ns = base_ns
         self.pairs = pairs  # labels that belong to a symmetric pair
         self.background = background
@@ -58,6 +64,8 @@ class Scoreboard:
         # (t newest, t oldest, raw label, decided label) per decided window
         self.rows: list[tuple[float, float, str, str]] = []
         self.events: list[tuple[str, str, float, float]] = []  # (kind, label, t, t decided)
+        self.messages: list = []  # HumanAction past warm-up, for the stream metrics
+        self.event_messages: list = []  # ActionEvent
         self.shown: tuple[str, str] | None = None  # the (state, stable label) printed last
         self.lock = threading.Lock()
 
@@ -84,6 +92,7 @@ class Scoreboard:
             with self.lock:
                 self.rows.append((t, self.seconds(msg.window_start, stamp_to_ns), msg.label,
                                   decided))
+                self.messages.append(msg)
         key = (msg.state, msg.stable_label)
         if key == self.shown:
             return None
@@ -100,6 +109,7 @@ class Scoreboard:
         decided = self.seconds(msg.header.stamp, stamp_to_ns)
         with self.lock:
             self.events.append((msg.kind, msg.label, t, decided))
+            self.event_messages.append(msg)
         if msg.kind == 'start':
             since = self.true_since(t)
             true = self.truth(t) + (f' since {since:.2f} s' if since is not None else '')
@@ -112,6 +122,7 @@ class Scoreboard:
     def summary(self) -> list[str]:
         with self.lock:
             rows, events = list(self.rows), list(self.events)
+            messages, event_messages = list(self.messages), list(self.event_messages)
         full = [(raw, self.truth(t)) for t, oldest, raw, _ in rows
                 if self.true_since(t) is not None and self.true_since(t) <= oldest + 1e-6]
         lines = [f'{len(rows)} results, {len(full)} on full windows (all frames inside one '
@@ -124,53 +135,68 @@ class Scoreboard:
                              f'{hits / len(subset):.1%}')
             else:
                 lines.append(f'raw agreement {name}: no full windows')
-        return lines + stream_summary(self, rows, events)
+        return lines + stream_summary(self, messages, event_messages)
 
 
-def stream_summary(board: Scoreboard, rows: list, events: list) -> list[str]:
-    """The stream metrics of this run (step_ros.stream_metrics, as bag-eval reports them)."""
-    from step_ros import stream_metrics
+def stream_summary(board: Scoreboard, messages: list, event_messages: list) -> list[str]:
+    """The stream metrics of this run, computed by bag-eval's own scoring (stream_eval)."""
+    import numpy as np
 
-    if len(rows) < 2:
+    from step_ros.decision import ActionEvent, Decision, State
+    from step_ros.ros.conversions import stamp_to_ns
+    from step_ros.stream_eval import StreamRecord, stream_report
+    from step_ros.timeline import Segment, Timeline
+
+    if len(messages) < 2:
         return ['stream metrics: fewer than two decided windows']
-    background = board.background
-    truth = [board.truth(t) for t, *_ in rows]
-    minutes = (rows[-1][0] - rows[0][0]) / 60.0
-    lines = [f'stream over {minutes * 60:.1f} s: {stream_metrics.changes(truth) / minutes:.1f} '
-             'true label changes per minute']
-    for name, labels in (('raw', [r[2] for r in rows]), ('decided', [r[3] for r in rows])):
-        accuracy = sum(p == t for p, t in zip(labels, truth)) / len(rows)
-        f1 = '/'.join(f'{stream_metrics.f1_at_iou(labels, truth, th, background=background):.2f}'
-                      for th in stream_metrics.IOU_THRESHOLDS)
-        lines.append(
-            f'{name:>7}: accuracy {accuracy:.1%}, '
-            f'{stream_metrics.changes(labels) / minutes:.1f} label changes per minute, '
-            f'edit score {stream_metrics.edit_score(labels, truth, background=background):.1f}, '
-            f'F1@{"/".join(map(str, stream_metrics.IOU_THRESHOLDS))} {f1}')
-    first, last = rows[0][0], rows[-1][0]
-    segments = [(label, round(start * 1e9), round(end * 1e9))
-                for start, end, label in board.stream.segments()
-                if label != background and start < last and end > first]
-    covered = sum(min(end, last) - max(start, first) for start, end, label
-                  in board.stream.segments() if label != background and start < last)
-    starts = [(label, round(t * 1e9), round(decided * 1e9))
-              for kind, label, t, decided in events if kind == 'start']
-    scores = stream_metrics.event_scores(
-        starts, segments, tolerance_ns=round(board.window_s / 2 * 1e9),
-        background_ns=max(round((last - first - covered) * 1e9), 0),
-        background_hits=[board.truth(t / 1e9) == (background or '') for _, t, _ in starts])
+    labels = board.labels
+    records, decisions = [], []
+    for m in messages:
+        # A HumanAction carries the top-k only; the stream and event scores use the labels, and
+        # the probability-based blocks (calibration, frame mAP) are not reported here.
+        probs = np.zeros(len(labels))
+        for name, score in zip(m.top_labels, m.top_scores):
+            probs[labels.index(name)] = score
+        records.append(StreamRecord(stamp_ns=stamp_to_ns(m.header.stamp),
+                                    window_start_ns=stamp_to_ns(m.window_start), label=m.label,
+                                    probs=probs, ambiguous=m.ambiguous))
+        decisions.append(Decision(state=State(m.state), stable_label=m.stable_label,
+                                  stable_confidence=m.stable_confidence,
+                                  stable_since_ns=stamp_to_ns(m.stable_since), events=()))
+    events = [ActionEvent(task=e.task, label=e.label, kind=e.kind,
+                          stamp_ns=stamp_to_ns(e.stamp), decided_ns=stamp_to_ns(e.header.stamp),
+                          window_start_ns=stamp_to_ns(e.window_start),
+                          confidence=e.confidence,
+                          duration_s=e.duration.sec + e.duration.nanosec * 1e-9)
+              for e in event_messages]
+    timeline = Timeline([Segment(start_ns=board.base_ns + round(start * 1e9),
+                                 end_ns=board.base_ns + round(end * 1e9), label=label)
+                         for start, end, label in board.stream.segments()], source='demo')
+    report = stream_report(records, decisions, events, timeline=timeline, labels=labels,
+                           background=board.background,
+                           window_ns=round(board.window_s * 1e9), temperature=1.0)
+    stream, scores = report['stream'], report['events']
 
-    def number(value, form: str) -> str:
+    def number(value, form: str = '.2f') -> str:
         return 'n/a' if value is None else format(value, form)
 
+    lines = [f'stream metrics over {number(stream["minutes"] * 60, ".1f")} s (as bag-eval '
+             f'computes them): true label changes {number(stream["true_changes_per_min"])} '
+             'per minute']
+    for name in ('raw', 'decided'):
+        block = stream[name]
+        f1 = '/'.join(number(v) for v in block['f1_at_iou'].values())
+        lines.append(
+            f'{name:>7}: accuracy {number(block["accuracy"], ".1%")}, label changes '
+            f'{number(block["label_changes_per_min"])} per minute, edit score '
+            f'{number(block["edit_score"], ".1f")}, F1@{"/".join(block["f1_at_iou"])} {f1}')
     latency = scores['onset_latency_s']
     lines.append(
         f' events: {scores["starts"]} STARTs for {scores["true_segments"]} actions: precision '
-        f'{number(scores["start_precision"], ".2f")}, recall '
-        f'{number(scores["start_recall"], ".2f")}, F1 {number(scores["start_f1"], ".2f")}; '
-        f'onset latency p50 {number(latency["p50"], ".2f")} s, p90 '
-        f'{number(latency["p90"], ".2f")} s; false starts on background '
-        f'{number(scores["false_starts_per_min_background"], ".2f")} per minute')
+        f'{number(scores["start_precision"])}, recall {number(scores["start_recall"])}, F1 '
+        f'{number(scores["start_f1"])}; onset latency p50 {number(latency["p50"])} s, p90 '
+        f'{number(latency["p90"])} s; false starts on background '
+        f'{number(scores["false_starts_per_min_background"])} per minute')
     return lines
 
 
@@ -266,10 +292,18 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
             time.sleep(0.1)
         pairs = {name for name in (*labels[0].pair_a, *labels[0].pair_b)}
         engine = config.engine
+        idle = tuple(args.idle_seconds)
+        if not labels[0].background and idle != (0.0, 0.0):
+            # The head has no class for 'nothing is happening': it cannot be scored on idle gaps.
+            print('demo: the head has no background label: actions back to back, no idle gaps',
+                  flush=True)
+            idle = (0.0, 0.0)
         stream = ActionStream(seed=args.seed, fps=args.fps,
-                              action_seconds=args.action_seconds or engine.window_seconds)
+                              action_seconds=args.action_seconds or engine.window_seconds,
+                              idle_seconds=idle)
         base_ns = time.time_ns()
-        board = Scoreboard(stream=stream, base_ns=base_ns, pairs=pairs,
+        board = Scoreboard(stream=stream, base_ns=base_ns, labels=list(labels[0].labels),
+                           pairs=pairs,
                            background=labels[0].background or None,
                            window_s=engine.window_seconds)
         print(f'demo: labels {list(labels[0].labels)} (background: '
