@@ -12,7 +12,7 @@ from node_helpers import REPO, make_head, write_params
 from step_ros.bags import BagWriter, iter_frames, list_topics
 from step_ros.config import load_params_file
 from step_ros.engine import Prediction
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS
 from step_ros.timeline import load_timeline
 from step_ros.tools import bag_eval
 from step_ros.tools.synth_bag import START_NS, write_synth_bag
@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bag_eval')
     bag, timeline = write_synth_bag(tmp / 'bag', seconds=6.0, fps=10.0, size=(64, 80), seed=1,
                                     progress=False)
-    head = make_head(tmp / 'head.safetensors', num_frames=4, labels=ACTIONS,
+    head = make_head(tmp / 'head.safetensors', num_frames=4, labels=LABELS,
                      pairs=SYMMETRIC_PAIRS)
     params = write_params(tmp / 'params.yaml', {
         'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cuda',
@@ -71,7 +71,7 @@ def test_end_to_end(setup, capsys):
                                     out_of_order=0)
     assert report['engine']['sampled'] == 24 and report['engine']['frames'] == 60
     assert report['predictions'] == len(rows) == 21 == report['at_stamp']['n']
-    assert report['classes'] == list(ACTIONS)
+    assert report['classes'] == list(LABELS)
     assert report['symmetric_pairs'] == [list(p) for p in SYMMETRIC_PAIRS]
     timeline = load_timeline(timeline_path)
     for row in rows:
