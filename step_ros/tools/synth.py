@@ -2,8 +2,9 @@
 
 Layout of --out: videos/<split>/<label>_<k>.mp4 (the actions and the background class `none`),
 train.csv / val.csv / test.csv (header `path,label[,start,end]`, paths relative to the CSV),
-pairs.yaml (labels and symmetric_pairs) and dataset.json (the resolved options). Each clip has its own seed derived from (seed, split,
-class, k), so the same seed gives the same dataset whatever the order clips are written in.
+pairs.yaml (labels and symmetric_pairs) and dataset.json (the resolved options). Each clip has
+its own seed derived from (seed, split, class, k), so the same seed gives the same dataset
+whatever the order clips are written in.
 """
 
 from __future__ import annotations
