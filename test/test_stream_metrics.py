@@ -5,8 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from step_ros.stream_metrics import (average_precision, changes, edit_score, event_scores,
-                                     f1_at_iou, frame_map, levenshtein, segments)
+from step_ros.stream_metrics import (
+    average_precision,
+    changes,
+    edit_score,
+    event_scores,
+    f1_at_iou,
+    frame_map,
+    levenshtein,
+    segments,
+)
 
 S = 1_000_000_000
 
