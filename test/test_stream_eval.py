@@ -52,6 +52,7 @@ def test_hand_computed_stream_report():
     assert st['true_changes_per_min'] == st['raw']['label_changes_per_min'] == 12.0
     assert st['decided']['label_changes_per_min'] == 12.0
     # Backdated by half a window, the raw stream is exactly the truth.
+    assert st['raw_backdating_s'] == 1.0
     assert st['raw']['edit_score'] == 100.0 and st['raw']['f1_at_iou']['0.5'] == 1.0
     assert st['decided']['edit_score'] == 100.0 and st['decided']['f1_at_iou']['0.25'] == 1.0
     ev = r['events']
