@@ -34,13 +34,15 @@ from step_ros.calibration import plot_reliability
 from step_ros.checkpoint import CheckpointError
 from step_ros.config import ConfigError, PerceptionConfig, load_params_file
 from step_ros.decision import Decider
+from step_ros.engine import NonFiniteScores
 from step_ros.runtime import build_engine
 from step_ros.stream_eval import StreamRecord, decide, decided_label, stream_report
 from step_ros.stream_plots import plot_timeline
 from step_ros.timeline import TimelineError, load_timeline, seconds
 from step_ros.tools import bag_sweep
 
-ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError)
+ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError,
+          NonFiniteScores)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -213,6 +215,12 @@ def evaluate(args: argparse.Namespace) -> dict:
                     process_ms_p99=_percentile(process_ms, 99)),
         background=head.background, decision=dict(vars(config.decision)), **streams)
     _write_outputs(out, report, rows, params)
+    if not at_stamp:
+        span = f'{seconds(timeline.segments[0].start_ns)}-{seconds(timeline.segments[-1].end_ns)}'
+        hint = '' if args.relative else ' (seconds from the first image? pass --relative)'
+        raise TimelineError(f'{args.labels}: nothing was scored: none of the {len(rows)} '
+                            f'predictions (images {seconds(first)}-{seconds(last)} s) falls '
+                            f'inside the timeline ({span} s){hint}')
     _write_events(out / 'events.csv', events)
     plot_timeline(out / 'timeline.png', timeline=timeline, stamps=[r.stamp_ns for r in records],
                   raw=[r.label for r in records],
