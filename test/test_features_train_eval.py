@@ -110,8 +110,8 @@ def test_train_eval_and_checkpoint_round_trip(caches, tmp_path, capsys):
     assert c['temperature'] == read_meta(run / 'linear.safetensors').temperature, c
     assert 0 <= c['ece'] <= 1 and 0 <= c['ece_uncalibrated'] <= 1, c
     assert (out / 'reliability.png').stat().st_size > 1000
-    # The linear probe averages frames: reversing them cannot change a single prediction.
-    assert report['reversed'] == report['accuracy'], report
+    # What reversal does to a head that reads order is pinned in test_order_sensitivity (a
+    # probe is order-blind, so its reversed block says nothing about eval reversing frames).
     assert (out / 'confusion.png').stat().st_size > 1000
     assert 'most confused with' in (out / 'report.md').read_text()
 
