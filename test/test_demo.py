@@ -13,7 +13,7 @@ pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run
 
 from node_helpers import REPO, ros_env  # noqa: E402
 
-from step_ros.synth import ACTIONS  # noqa: E402
+from step_ros.synth import LABELS as SYNTH_LABELS  # noqa: E402
 
 DEMO_TIMEOUT_S = 240
 
@@ -46,7 +46,7 @@ def test_demo_prints_actions_and_agrees_with_the_shown_actions():
     assert 'warming up' in out, out
     rows = re.findall(r'^\s+(\d+\.\d+) s  (\w+)\s+(\d\.\d\d) .* true: (\w+)', out, re.M)
     assert len(rows) >= 10, out
-    assert all(label in ACTIONS and true in ACTIONS for _, label, _, true in rows), rows
+    assert all(label in SYNTH_LABELS and true in SYNTH_LABELS for _, label, _, true in rows), rows
     # 8 frames over 2 s: the first result needs 7 sampling periods (1.75 s) of stream time.
     assert float(rows[0][0]) >= 1.7, rows[0]
     overall = re.search(r'agreement overall: (\d+)/(\d+) = ', out)
