@@ -79,6 +79,11 @@ def report_markdown(report: dict, *, title: str) -> str:
              f"{_pct(rev['overall'])} |", '']
     if 'params' in report:
         lines += [f"Trainable parameters: {report['params']:,}", '']
+    if 'calibration' in report:
+        c = report['calibration']
+        lines += [f"Calibration (15-bin ECE of the top-1 confidence): {c['ece_uncalibrated']:.4f} "
+                  f"uncalibrated, {c['ece']:.4f} with the head's temperature "
+                  f"T = {c['temperature']:.3f} (reliability.png).", '']
     lines += ['| class | sym | accuracy | most confused with | rate | reversed acc | '
               'reversed predicted as |', '|---|:-:|---:|---|---:|---:|---|']
     for name, row in report['per_class'].items():

@@ -4,7 +4,9 @@ Each symmetric pair is one base action and its time reversal: `put_down` *is* `p
 backwards, frame for frame, so every appearance variation (colours, sizes, positions, speeds,
 clip lengths, backgrounds, camera noise) has the same distribution in both classes and only the
 order of the frames tells them apart. The non-symmetric classes are periodic motions whose
-random phase and direction make them look the same forwards and backwards.
+random phase and direction make them look the same forwards and backwards. The background class
+`none` is no action: one of the scenes at rest (or a bare table), camera noise and a small
+distractor drifting slowly; streams put it in idle gaps of varied length between actions.
 
 The scene lives in the central square of the frame (the backbone centre-crops), drawn large and
 with contrasting colours so that motion survives the resize to the tiny backbone's 112 px.
@@ -25,6 +27,8 @@ SYMMETRIC_PAIRS: tuple[tuple[str, str], ...] = (
     ('pick_up', 'put_down'), ('open_drawer', 'close_drawer'), ('screw_lid', 'unscrew_lid'))
 NON_SYMMETRIC: tuple[str, ...] = ('wave', 'stir')
 ACTIONS: tuple[str, ...] = tuple(a for pair in SYMMETRIC_PAIRS for a in pair) + NON_SYMMETRIC
+BACKGROUND = 'none'  # no action is happening
+LABELS: tuple[str, ...] = ACTIONS + (BACKGROUND,)  # the classes of the dataset and the streams
 DEFAULT_SIZE = (240, 320)  # (H, W), the demo camera's size
 
 
@@ -79,6 +83,12 @@ class _Scene:
     direction: int  # +1 / -1: periodic direction
     noise: float  # camera noise sigma (grey levels)
     jitter: float  # camera shake amplitude (pixels)
+    # Background only: the scene drawn at rest ('' = bare table) at base frame rest_frame, and a
+    # distractor blob drifting from distractor[:2] by distractor[2:4] (square units) over the clip.
+    rest: str = ''
+    rest_frame: int = 0
+    distractor: tuple[float, ...] = ()
+    distractor_colour: tuple[int, int, int] = (0, 0, 0)
 
     def progress(self, i: int) -> float:
         """Base-action progress 0..1 at base frame i (hold, eased motion, hold)."""
@@ -179,8 +189,19 @@ def _draw_stir(s: _Scene, img, i, pt, px) -> None:
     cv2.circle(img, pt(tip[0] + 0.1, 0.2), px(0.07), s.skin, -1)
 
 
+def _draw_none(s: _Scene, img, i, pt, px) -> None:
+    if s.rest:
+        _DRAW[s.rest](s, img, s.rest_frame, pt, px)  # the scene frozen at one instant
+    else:
+        _table(s, img, pt)
+    x = i / max(s.num_frames - 1, 1)
+    u0, v0, du, dv, r = s.distractor
+    cv2.circle(img, pt(u0 + x * du, v0 + x * dv), px(r), s.distractor_colour, -1)
+
+
 _DRAW = {'pick_up': _draw_pick_up, 'open_drawer': _draw_open_drawer,
-         'screw_lid': _draw_screw_lid, 'wave': _draw_wave, 'stir': _draw_stir}
+         'screw_lid': _draw_screw_lid, 'wave': _draw_wave, 'stir': _draw_stir,
+         BACKGROUND: _draw_none}
 
 
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
@@ -202,16 +223,19 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
 
 def _scene(action: str, *, rng: np.random.Generator, num_frames: int,
            size: tuple[int, int]) -> _Scene:
-    if action not in ACTIONS:
-        raise ValueError(f'unknown action {action!r}; actions are {list(ACTIONS)}')
+    if action not in LABELS:
+        raise ValueError(f'unknown action {action!r}; actions are {list(LABELS)}')
     if num_frames < 2:
         raise ValueError(f'num_frames={num_frames}: an action needs at least 2 frames')
     h, w = size
     if h < 32 or w < 32:
         raise ValueError(f'size={size}: frames must be at least 32x32')
     base = _REVERSED_OF.get(action, action)
-    obj, accent = _PALETTE[base]
-    return _Scene(
+    rest = ''
+    if base == BACKGROUND:
+        rest = str(rng.choice(('',) + tuple(_PALETTE)))
+    obj, accent = _PALETTE[rest or 'pick_up'] if base == BACKGROUND else _PALETTE[base]
+    scene = _Scene(
         base=base, reverse=action in _REVERSED_OF, num_frames=num_frames, size=(h, w),
         seed=int(rng.integers(2**31)), background=_background(rng, (h, w)),
         obj=_hsv(rng, *obj), accent=_hsv(rng, *accent),
@@ -221,6 +245,15 @@ def _scene(action: str, *, rng: np.random.Generator, num_frames: int,
         hold_end=float(rng.uniform(0.0, 0.2)), cycles=float(rng.uniform(1.5, 3.0)),
         phase=float(rng.uniform(0, 2 * math.pi)), direction=int(rng.choice([-1, 1])),
         noise=float(rng.uniform(0.0, 8.0)), jitter=float(rng.uniform(0.0, 1.5)))
+    if base == BACKGROUND:
+        scene.rest = rest
+        scene.rest_frame = int(rng.choice([0, num_frames - 1])) if rest else 0
+        scene.distractor = (float(rng.uniform(0.15, 0.85)), float(rng.uniform(0.15, 0.85)),
+                            float(rng.uniform(-0.12, 0.12)), float(rng.uniform(-0.12, 0.12)),
+                            float(rng.uniform(0.02, 0.05)))
+        scene.distractor_colour = _hsv(rng, float(rng.uniform(0, 180)), (60, 200), (80, 220),
+                                       hue_jitter=0.0)
+    return scene
 
 
 def render_clip(action: str, *, rng: np.random.Generator, num_frames: int,
@@ -231,36 +264,53 @@ def render_clip(action: str, *, rng: np.random.Generator, num_frames: int,
 
 
 class ActionStream:
-    """An endless camera: random actions back to back, each `action_seconds` long.
+    """An endless camera: random actions, each `action_seconds` long, with idle gaps between.
 
+    After each action comes an idle gap (the background class, `none`) of a length drawn
+    uniformly from `idle_seconds` = (shortest, longest); (0, 0) puts the actions back to back.
     Iterating yields (frame RGB uint8 (H, W, 3), t seconds since start, label). Frames are drawn
     lazily, one per step, so a live publisher never stalls on a whole clip.
     """
 
     def __init__(self, *, seed: int = 0, fps: float = 30.0, size: tuple[int, int] = DEFAULT_SIZE,
-                 action_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS) -> None:
+                 action_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS,
+                 idle_seconds: tuple[float, float] = (0.0, 0.0)) -> None:
         if fps <= 0 or action_seconds <= 0:
             raise ValueError(f'fps={fps}, action_seconds={action_seconds}: both must be > 0')
+        lo, hi = (float(v) for v in idle_seconds)
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f'idle_seconds={tuple(idle_seconds)}: need 0 <= shortest <= longest')
         self.rng = np.random.default_rng(seed)
         self.fps = float(fps)
         self.size = (int(size[0]), int(size[1]))
         self.action_seconds = float(action_seconds)
         self.actions = tuple(actions)
+        self.idle_seconds = (lo, hi)
         self.frames_per_action = max(2, int(round(action_seconds * fps)))
         self._segments: list[tuple[float, float, str]] = []
 
     def segments(self) -> list[tuple[float, float, str]]:
-        """(start, end, label) in seconds of every action begun so far."""
+        """(start, end, label) in seconds of every segment (action or idle gap) begun so far."""
         return list(self._segments)
+
+    def _idle_frames(self) -> int:
+        lo, hi = self.idle_seconds
+        if hi <= 0:
+            return 0  # no draw: the action sequence of a seed stays what it was without gaps
+        frames = int(round(self.rng.uniform(lo, hi) * self.fps))
+        return frames if frames >= 2 else 0
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float, str]]:
         index = 0
         while True:
             label = str(self.rng.choice(self.actions))
-            scene = _scene(label, rng=self.rng, num_frames=self.frames_per_action,
-                           size=self.size)
-            start = index / self.fps
-            self._segments.append((start, start + self.frames_per_action / self.fps, label))
-            for i in range(self.frames_per_action):
-                yield scene.frame(i), index / self.fps, label
-                index += 1
+            parts = [(label, self.frames_per_action), (BACKGROUND, self._idle_frames())]
+            for name, frames in parts:
+                if not frames:
+                    continue
+                scene = _scene(name, rng=self.rng, num_frames=frames, size=self.size)
+                start = index / self.fps
+                self._segments.append((start, start + frames / self.fps, name))
+                for i in range(frames):
+                    yield scene.frame(i), index / self.fps, name
+                    index += 1

@@ -152,8 +152,14 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
 
 def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
              config: TrainConfig, *, task: str = 'action',
-             window_seconds: float | None = None, extra: dict | None = None) -> list[Path]:
-    """Write <out>/<name>.safetensors per head, config.json, log.jsonl and curves.png."""
+             window_seconds: float | None = None, extra: dict | None = None,
+             temperatures: dict[str, float] | None = None,
+             background: str | None = None) -> list[Path]:
+    """Write <out>/<name>.safetensors per head, config.json, log.jsonl and curves.png.
+
+    `temperatures` (per head name, from `fit_temperatures`) and `background` (a label or None)
+    go into each checkpoint's metadata.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     window = cache.window_seconds if window_seconds is None else window_seconds
@@ -165,7 +171,9 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
                         final={k: round(v, 4) for k, v in final.items()}, **(extra or {}))
         meta = HeadMeta(task=task, labels=cache.labels, symmetric_pairs=cache.symmetric_pairs,
                         head=head.config, num_frames=cache.num_frames, backbone=cache.backbone,
-                        window_seconds=float(window), training=training)
+                        window_seconds=float(window), training=training,
+                        temperature=float((temperatures or {}).get(head.name, 1.0)),
+                        background=background)
         paths.append(save_head(out / f'{head.name}.safetensors', head.module, meta))
     resolved = dict(train=asdict(config), task=task, window_seconds=window, cache=cache.path,
                     heads={h.name: h.config.to_dict() for h in trained}, **(extra or {}))
@@ -176,6 +184,25 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
                 f.write(json.dumps(dict(head=head.name, **entry)) + '\n')
     plot_curves(out / 'curves.png', trained)
     return paths
+
+
+def fit_temperatures(trained: list[TrainedHead], val: FeatureCache) -> dict[str, dict]:
+    """Per head: the NLL-fitted temperature on `val`, and ECE / NLL before and after."""
+    from step_ros.calibration import ece, fit_temperature, nll, softmax
+
+    targets = val.targets.numpy()
+    out = {}
+    for head in trained:
+        logits = predict(head.module, val.tokens).numpy()
+        t = fit_temperature(logits, targets)
+        entry = dict(temperature=round(t, 4), windows=len(targets))
+        for key, temp in (('uncalibrated', 1.0), ('calibrated', t)):
+            probs = softmax(logits, temp)
+            correct = probs.argmax(1) == targets
+            entry[f'ece_{key}'] = round(ece(probs.max(1), correct), 4)
+            entry[f'nll_{key}'] = round(nll(logits, targets, temp), 4)
+        out[head.name] = entry
+    return out
 
 
 def plot_curves(path: Path, trained: list[TrainedHead]) -> None:

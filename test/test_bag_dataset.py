@@ -14,7 +14,7 @@ from step_ros.bags import BagWriter, iter_frames
 from step_ros.config import PerceptionConfig, load_params_file
 from step_ros.features import FeatureCache
 from step_ros.runtime import build_engine
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS, ActionStream
+from step_ros.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, ActionStream
 from step_ros.timeline import Segment, Timeline, write_timeline
 from step_ros.tools import evaluate, extract, train
 from step_ros.tools.synth_bag import START_NS, write_synth_bag
@@ -142,7 +142,7 @@ def test_split_by_recording_and_train_eval_read_it(tmp_path, setup, capsys):
     assert [r['bag'] for r in val_cache.recordings] == [str(bags[2])]
     assert set(train_cache.window_recordings) == {0, 1} and set(val_cache.window_recordings) == {2}
     assert len(everything.tokens) == len(train_cache.tokens) + len(val_cache.tokens)
-    assert train_cache.labels == ACTIONS  # pairs.yaml of synth --bag: the full label set
+    assert train_cache.labels == LABELS  # pairs.yaml of synth --bag: the full label set
     assert train_cache.tokens[:3].shape == (3, T, *train_cache.tokens.frames.shape[1:])
     run = tmp_path / 'run'
     assert train.main(['--cache', str(out / 'train'), '--val-cache', str(out / 'val'),

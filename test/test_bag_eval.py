@@ -12,7 +12,7 @@ from node_helpers import REPO, make_head, write_params
 from step_ros.bags import BagWriter, iter_frames, list_topics
 from step_ros.config import load_params_file
 from step_ros.engine import Prediction
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS
 from step_ros.timeline import load_timeline
 from step_ros.tools import bag_eval
 from step_ros.tools.synth_bag import START_NS, write_synth_bag
@@ -43,8 +43,8 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bag_eval')
     bag, timeline = write_synth_bag(tmp / 'bag', seconds=6.0, fps=10.0, size=(64, 80), seed=1,
                                     progress=False)
-    head = make_head(tmp / 'head.safetensors', num_frames=4, labels=ACTIONS,
-                     pairs=SYMMETRIC_PAIRS)
+    head = make_head(tmp / 'head.safetensors', num_frames=4, labels=LABELS,
+                     pairs=SYMMETRIC_PAIRS, background='none', temperature=1.5)
     params = write_params(tmp / 'params.yaml', {
         'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cuda',
         'precision': 'fp32', 'heads.checkpoints': [str(head)], 'num_frames': 4,
@@ -61,7 +61,7 @@ def run(setup, out: str, *extra: str, labels: Path | None = None, topic: str = T
 
 def test_end_to_end(setup, capsys):
     tmp, bag, timeline_path, params = setup
-    assert run(setup, 'out', '--write-bag') == 0
+    assert run(setup, 'out', '--write-bag', '--sweep') == 0
     assert 'predictions, accuracy' in capsys.readouterr().out
     out = tmp / 'out'
     report = json.loads((out / 'report.json').read_text())
@@ -71,7 +71,7 @@ def test_end_to_end(setup, capsys):
                                     out_of_order=0)
     assert report['engine']['sampled'] == 24 and report['engine']['frames'] == 60
     assert report['predictions'] == len(rows) == 21 == report['at_stamp']['n']
-    assert report['classes'] == list(ACTIONS)
+    assert report['classes'] == list(LABELS)
     assert report['symmetric_pairs'] == [list(p) for p in SYMMETRIC_PAIRS]
     timeline = load_timeline(timeline_path)
     for row in rows:
@@ -101,6 +101,49 @@ def test_end_to_end(setup, capsys):
         r['stamp'] for r in rows]
     assert [m.label for m, _ in actions] == [r['label'] for r in rows]
     assert len(list(iter_frames(out / 'bag', TOPIC))) == 60
+    check_stream_outputs(out, report, rows)
+
+
+def check_stream_outputs(out, report, rows):
+    """The stream metrics agree with predictions.csv / events.csv; sweep and figures exist."""
+    stream = report['stream']
+    for key in ('raw', 'decided'):
+        assert set(stream[key]) == {'accuracy', 'label_changes_per_min', 'edit_score',
+                                    'f1_at_iou'}, stream[key]
+        assert set(stream[key]['f1_at_iou']) == {'0.1', '0.25', '0.5'}
+        assert 0 <= stream[key]['edit_score'] <= 100
+    assert stream['raw']['accuracy'] == pytest.approx(report['at_stamp']['accuracy'], abs=1e-4)
+    minutes = (float(rows[-1]['stamp']) - float(rows[0]['stamp'])) / 60
+    raw_changes = sum(a['label'] != b['label'] for a, b in zip(rows, rows[1:]))
+    assert stream['raw']['label_changes_per_min'] == pytest.approx(raw_changes / minutes,
+                                                                   abs=1e-3)
+    truths = [r['truth'] for r in rows if r['truth']]
+    assert stream['true_changes_per_min'] == pytest.approx(
+        sum(a != b for a, b in zip(truths, truths[1:])) / minutes, abs=1e-3)
+    states = {r['state'] for r in rows}
+    assert states <= {'idle', 'active', 'uncertain'}, states
+    assert all((r['state'] == 'active') == bool(r['stable_label']) for r in rows)
+    decided = [r['stable_label'] or 'none' for r in rows]
+    assert stream['decided']['label_changes_per_min'] == pytest.approx(
+        sum(a != b for a, b in zip(decided, decided[1:])) / minutes, abs=1e-3)
+    events = list(csv.DictReader((out / 'events.csv').open()))
+    assert [e['kind'] for e in events] == (['start', 'end'] * len(events))[:len(events)]
+    ev = report['events']
+    assert ev['starts'] == sum(e['kind'] == 'start' for e in events)
+    for key in ('start_precision', 'start_recall', 'start_f1',
+                'false_starts_per_min_background'):
+        assert key in ev, ev
+    assert set(ev['onset_latency_s']) == {'p50', 'p90'}
+    cal = report['calibration']
+    assert cal['temperature'] == 1.5 and cal['ece'] is not None, cal
+    assert cal['ece'] != cal['ece_uncalibrated'], cal
+    assert 'frame_map' in report and report['background'] == 'none'
+    for name in ('timeline.png', 'sweep.png'):
+        assert (out / name).read_bytes()[:4] == b'\x89PNG', name
+    sweep = list(csv.DictReader((out / 'sweep.csv').open()))
+    assert len(sweep) == report['sweep']['points'] == 192
+    assert sweep[0]['score'] == str(report['sweep']['best']['score'])
+    assert '## The stream a planner receives' in (out / 'report.md').read_text()
 
 
 def test_relative_timeline(setup, tmp_path):

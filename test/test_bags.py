@@ -10,7 +10,7 @@ from rosbags.rosbag2 import Writer
 from step_ros import bags
 from step_ros.bags import BagError, BagWriter, ReadStats, iter_frames, list_topics
 from step_ros.engine import Prediction
-from step_ros.synth import ACTIONS
+from step_ros.synth import LABELS
 from step_ros.timeline import load_timeline
 from step_ros.tools import synth
 
@@ -149,8 +149,8 @@ def test_damaged_bags(small_bag, tmp_path):
 def test_synth_bag_cli(tmp_path, capsys):
     out = tmp_path / 'synth'
     assert synth.main(['--bag', str(out), '--seconds', '4.5', '--fps', '10',
-                       '--size', '64x80', '--seed', '3']) == 0
-    timeline = load_timeline(out / 'timeline.csv', labels=ACTIONS)
+                       '--size', '64x80', '--seed', '3', '--idle-seconds', '0', '0']) == 0
+    timeline = load_timeline(out / 'timeline.csv', labels=LABELS)
     spans = [(s.start_ns - BASE, s.end_ns - BASE) for s in timeline.segments]
     assert spans == [(0, 2 * 10**9), (2 * 10**9, 4 * 10**9), (4 * 10**9, 45 * 10**8)]
     frames = list(iter_frames(out, '/camera/image_raw'))
@@ -158,6 +158,18 @@ def test_synth_bag_cli(tmp_path, capsys):
     assert frames[-1].stamp_ns - BASE == 4_400_000_000
     assert synth.main(['--bag', str(out)]) == 2  # never overwrites
     assert 'exists already' in capsys.readouterr().err
+
+
+def test_synth_bag_has_idle_gaps_by_default(tmp_path):
+    out = tmp_path / 'synth'
+    assert synth.main(['--bag', str(out), '--seconds', '12', '--fps', '5',
+                       '--size', '48x64', '--seed', '3']) == 0
+    timeline = load_timeline(out / 'timeline.csv', labels=LABELS)
+    labels = [s.label for s in timeline.segments]
+    gaps = [s.end_ns - s.start_ns for s in timeline.segments if s.label == 'none']
+    assert labels[1::2] == ['none'] * len(labels[1::2]) and 'none' not in labels[::2], labels
+    assert gaps and all(0.4e9 <= g <= 4e9 for g in gaps), gaps
+    assert all(a.end_ns == b.start_ns for a, b in zip(timeline.segments, timeline.segments[1:]))
     assert synth.main(['--bag', str(tmp_path / 'camera'), '--seconds', '0.1']) == 0
     assert [f.image.shape for f in iter_frames(tmp_path / 'camera', '/camera/image_raw')] == [
         (240, 320, 3)] * 3  # the demo camera's size unless --size is given

@@ -12,7 +12,7 @@ import torch
 from step_ros.backbone import FrozenBackbone
 from step_ros.checkpoint import load_head, read_meta
 from step_ros.features import DataError, FeatureCache, extract, read_clip_list, sample_indices
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS, render_clip
+from step_ros.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, render_clip
 from step_ros.tools import evaluate, train
 from step_ros.tools import extract as extract_cli
 from step_ros.tools import synth as synth_cli
@@ -47,10 +47,10 @@ def caches(dataset, tmp_path_factory):
 
 def test_cache_holds_fp16_tokens_labels_and_pairs(caches, backbone):
     cache = FeatureCache.load(caches / 'train')
-    assert cache.tokens.shape == (2 * len(ACTIONS), T, 1 + backbone.info.num_patches, 96)
+    assert cache.tokens.shape == (2 * len(LABELS), T, 1 + backbone.info.num_patches, 96)
     assert cache.tokens.dtype == torch.float16
-    assert cache.labels == ACTIONS and cache.symmetric_pairs == SYMMETRIC_PAIRS
-    assert [cache.labels[i] for i in cache.targets[::2]] == list(ACTIONS)
+    assert cache.labels == LABELS and cache.symmetric_pairs == SYMMETRIC_PAIRS
+    assert [cache.labels[i] for i in cache.targets[::2]] == list(LABELS)
     assert cache.backbone['fingerprint'] == backbone.info.fingerprint
 
 
@@ -58,7 +58,7 @@ def test_extract_resumes_where_it_stopped(dataset, caches, backbone, tmp_path):
     clips = read_clip_list(dataset / 'train.csv')
     extract(clips, backbone, num_frames=T, out=tmp_path, shard_size=5, progress=False)
     index = json.loads((tmp_path / 'index.json').read_text())
-    assert len(index['shards']) == 4, index['shards']  # 16 clips in shards of 5
+    assert len(index['shards']) == 4, index['shards']  # 18 clips in shards of 5
     # Simulate an interruption after the first shard: the index only lists that one.
     index['shards'], index['spans'] = index['shards'][:1], index['spans'][:5]
     (tmp_path / 'index.json').write_text(json.dumps(index))
@@ -85,7 +85,11 @@ def test_train_eval_and_checkpoint_round_trip(caches, tmp_path, capsys):
     assert {(e['head'], e['epoch']) for e in log} == {(h, e) for h in ('step', 'linear')
                                                        for e in (1, 2)}, log
     meta = read_meta(run / 'step.safetensors')
-    assert meta.task == 'action' and meta.labels == ACTIONS, meta
+    assert meta.task == 'action' and meta.labels == LABELS, meta
+    calibration = json.loads((run / 'calibration.json').read_text())
+    assert meta.temperature == calibration['step']['temperature'] > 0, (meta, calibration)
+    assert meta.temperature != 1.0 and meta.background == 'none', meta
+    assert calibration['step']['nll_calibrated'] <= calibration['step']['nll_uncalibrated']
     assert meta.symmetric_pairs == SYMMETRIC_PAIRS and meta.num_frames == T, meta
     assert meta.head.num_heads == 4, meta.head  # tiny backbone: D=96 -> 4 attention heads
     module, _ = load_head(run / 'step.safetensors')
@@ -100,8 +104,12 @@ def test_train_eval_and_checkpoint_round_trip(caches, tmp_path, capsys):
     report = json.loads((out / 'report.json').read_text())
     for block in ('accuracy', 'reversed'):
         assert set(report[block]) == {'overall', 'symmetric', 'non_symmetric'}, report[block]
-    assert set(report['per_class']) == set(ACTIONS), report['per_class']
-    assert report['params'] == 96 * len(ACTIONS) + len(ACTIONS), report['params']
+    assert set(report['per_class']) == set(LABELS), report['per_class']
+    assert report['params'] == 96 * len(LABELS) + len(LABELS), report['params']
+    c = report['calibration']
+    assert c['temperature'] == read_meta(run / 'linear.safetensors').temperature, c
+    assert 0 <= c['ece'] <= 1 and 0 <= c['ece_uncalibrated'] <= 1, c
+    assert (out / 'reliability.png').stat().st_size > 1000
     # What reversal does to a head that reads order is pinned in test_order_sensitivity (a
     # probe is order-blind, so its reversed block says nothing about eval reversing frames).
     assert (out / 'confusion.png').stat().st_size > 1000

@@ -18,7 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from step_ros_msgs.msg import ActionEvent, HumanAction  # noqa: E402
 
 from step_ros.config import load_params_file, resolve_path  # noqa: E402
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS  # noqa: E402
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS  # noqa: E402
 from step_ros.tools import bag_eval  # noqa: E402
 from step_ros.tools.synth_bag import START_NS, write_synth_bag  # noqa: E402
 
@@ -113,7 +113,7 @@ def demo_like_params(tmp_path):
         head = str(REPO / 'models' / os.path.basename(head))
     if not os.path.isfile(head):
         head = str(make_head(tmp_path / 'head.safetensors', num_frames=values['num_frames'],
-                             labels=ACTIONS, pairs=SYMMETRIC_PAIRS))
+                             labels=LABELS, pairs=SYMMETRIC_PAIRS))
     values.update({'heads.checkpoints': [head], 'image_qos': 'reliable'})
     return write_params(tmp_path / 'params.yaml', values)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS, ActionStream, render_clip
+from step_ros.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, ActionStream, render_clip
 from step_ros.tools import synth as synth_cli
 
 
@@ -62,6 +62,37 @@ def test_action_stream_timeline():
         assert truth == label, (t, label, segments)
 
 
+def test_action_stream_idle_gaps_are_background_of_varied_length():
+    stream = ActionStream(seed=2, fps=10.0, size=(48, 64), action_seconds=1.0,
+                          idle_seconds=(0.5, 3.0))
+    items = list(itertools.islice(stream, 200))
+    segments = stream.segments()
+    gaps = [round(e - s, 6) for s, e, label in segments if label == 'none']
+    assert [label for _, _, label in segments[1::2]] == ['none'] * len(segments[1::2])
+    assert len(set(gaps)) > 2 and all(0.5 <= g <= 3.0 for g in gaps), gaps
+    for _, t, label in items:
+        assert label == next(s[2] for s in segments if s[0] <= t + 1e-9 < s[1])
+    with pytest.raises(ValueError, match='idle_seconds'):
+        ActionStream(idle_seconds=(2.0, 1.0))
+
+
+def test_background_clip_is_a_scene_at_rest_with_small_motion():
+    """`none`: frames barely change (noise and a small distractor), unlike an action."""
+    def change(label: str) -> float:
+        """Mean first-to-last frame change over 8 clips, at 8x8 (averages the noise out)."""
+        total = 0.0
+        for seed in range(8):
+            frames = render_clip(label, rng=np.random.default_rng(seed), num_frames=12,
+                                 size=(64, 64))
+            small = [cv2.resize(f, (8, 8), interpolation=cv2.INTER_AREA).astype(np.float32)
+                     for f in (frames[0], frames[-1])]
+            total += float(np.abs(small[1] - small[0]).mean()) / 8
+        return total
+
+    assert 0 < change('none') < 0.5 * min(change(a) for a in ('pick_up', 'open_drawer'))
+    assert 'none' in LABELS and 'none' not in ACTIONS
+
+
 def test_synth_cli_writes_a_seeded_decodable_dataset(tmp_path):
     argv = ['--train', '1', '--val', '1', '--test', '1', '--size', '48x64', '--min-frames', '6',
             '--max-frames', '9', '--seed', '4']
@@ -71,7 +102,7 @@ def test_synth_cli_writes_a_seeded_decodable_dataset(tmp_path):
     assert pairs['symmetric_pairs'] == [list(p) for p in SYMMETRIC_PAIRS], pairs
     for split in ('train', 'val', 'test'):
         rows = list(csv.DictReader((tmp_path / 'a' / f'{split}.csv').open()))
-        assert [r['label'] for r in rows] == list(ACTIONS), rows
+        assert [r['label'] for r in rows] == list(LABELS), rows
         assert (tmp_path / 'a' / f'{split}.csv').read_text() == \
             (tmp_path / 'b' / f'{split}.csv').read_text()
     video = tmp_path / 'a' / rows[0]['path']

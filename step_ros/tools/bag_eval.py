@@ -4,10 +4,15 @@ The engine is built from the node's own parameters file by the node's own code p
 (`load_params_file` -> `PerceptionConfig.from_params` -> `runtime.build_engine`), and fed every
 image of one topic in header-stamp order, as fast as it goes. Each prediction is scored against
 a timeline CSV (`start,end,label`, seconds of header-stamp time) at the stamp of its newest
-frame, and again over 'full windows' (oldest and newest frame inside one segment).
+frame, and again over 'full windows' (oldest and newest frame inside one segment). The
+decision stage (step_ros.decision, the node's `decision.*` parameters) runs over the same
+predictions, and the raw and decided streams are scored as streams (step_ros.stream_eval):
+accuracy, label changes per minute, edit score, F1@IoU, START events, calibration (ECE), mAP.
 
-Writes to --out: report.json, report.md, predictions.csv, params.yaml (the resolved parameters)
-and, with --write-bag, bag/ (mcap rosbag2: the images and the HumanAction stream beside them).
+Writes to --out: report.json, report.md, predictions.csv, events.csv (the decided START / END
+events), timeline.png (truth, raw, decided, events), reliability.png, params.yaml (the resolved
+parameters), with --sweep sweep.csv / sweep.md / sweep.png (see bag_sweep), and, with
+--write-bag, bag/ (mcap rosbag2: the images and the HumanAction stream beside them).
 """
 
 from __future__ import annotations
@@ -25,11 +30,16 @@ from tqdm import tqdm
 
 from step_ros.backbone import BackboneError
 from step_ros.bags import BagError, BagWriter, ReadStats, iter_frames, topic_count
+from step_ros.calibration import plot_reliability
 from step_ros.checkpoint import CheckpointError
 from step_ros.config import ConfigError, PerceptionConfig, load_params_file
+from step_ros.decision import Decider
 from step_ros.engine import NonFiniteScores
 from step_ros.runtime import build_engine
+from step_ros.stream_eval import StreamRecord, decide, decided_label, stream_report
+from step_ros.stream_plots import plot_timeline
 from step_ros.timeline import TimelineError, load_timeline, seconds
+from step_ros.tools import bag_sweep
 
 ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError,
           NonFiniteScores)
@@ -53,6 +63,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="override the config's device (e.g. cpu on a machine without GPU)")
     parser.add_argument('--relative', action='store_true',
                         help="timeline seconds count from the first image's stamp")
+    parser.add_argument('--sweep', action='store_true',
+                        help='also replay the predictions under a grid of decision.* '
+                             'parameters: OUT/sweep.csv, sweep.md, sweep.png')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -117,6 +130,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     writer = BagWriter(out / 'bag') if args.write_bag else None
     stats = ReadStats()
     rows, at_stamp, full, process_ms = [], [], [], []
+    records: list[StreamRecord] = []
+    reset_pending = False
     first = last = None
     frames = iter_frames(args.bag, args.topic, stats=stats)
     start = time.perf_counter()
@@ -133,6 +148,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             received = time.monotonic_ns()
             result = engine.push(frame.image, frame.stamp_ns, received)
             done = time.monotonic_ns()
+            reset_pending = reset_pending or (result.reset and bool(records))
             if writer is not None:
                 writer.write(args.topic, frame.msgtype, frame.msg, frame.log_ns)
             for p in result.predictions:
@@ -142,6 +158,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                 if p.task != task:
                     continue
                 process_ms.append((done - received) / 1e6)
+                records.append(StreamRecord(
+                    stamp_ns=p.stamp_ns, window_start_ns=p.window_start_ns, label=p.label,
+                    probs=np.asarray(p.probs), ambiguous=p.ambiguous,
+                    reset_before=reset_pending))
+                reset_pending = False
                 truth = timeline.label_at(p.stamp_ns)
                 truth_full = timeline.label_over(p.window_start_ns, p.stamp_ns)
                 if truth is not None:
@@ -161,6 +182,23 @@ def evaluate(args: argparse.Namespace) -> dict:
                        f'({stats.messages} messages, skipped {dict(stats.skipped)}: '
                        f'{stats.reasons})')
 
+    if not records:
+        raise BagError(f'bag {str(args.bag)!r}: {stats.decoded} images gave no prediction of '
+                       f'head {task!r} (fewer than num_frames={config.engine.num_frames} '
+                       'sampled frames)')
+    window_ns = int(round(config.engine.window_seconds * 1e9))
+    decider = Decider(task=task, labels=head.labels, background=head.background,
+                      config=config.decision, window_ns=window_ns)
+    decisions, events = decide(records, decider=decider)
+    for r, d in zip(rows, decisions):
+        r += [d.state.value, d.stable_label, f'{d.stable_confidence:.6f}',
+              seconds(d.stable_since_ns) if d.stable_since_ns else '']
+    streams = stream_report(records, decisions, events, timeline=timeline, labels=head.labels,
+                            background=head.background, window_ns=window_ns,
+                            temperature=head.temperature)
+    curves = {k: streams['calibration'].pop(f'curve_{k}', None)
+              for k in ('ece_uncalibrated', 'ece')}
+
     symmetric = {label for pair in head.pairs for label in pair}
     bag_seconds = (last - first) / 1e9
     report = dict(
@@ -174,7 +212,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                     realtime_factor=round(bag_seconds / wall, 2) if wall > 0 else None,
                     frames_per_s=round(stats.messages / wall, 1) if wall > 0 else None,
                     process_ms_p50=_percentile(process_ms, 50),
-                    process_ms_p99=_percentile(process_ms, 99)))
+                    process_ms_p99=_percentile(process_ms, 99)),
+        background=head.background, decision=dict(vars(config.decision)), **streams)
     _write_outputs(out, report, rows, params)
     if not at_stamp:
         span = f'{seconds(timeline.segments[0].start_ns)}-{seconds(timeline.segments[-1].end_ns)}'
@@ -182,7 +221,40 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise TimelineError(f'{args.labels}: nothing was scored: none of the {len(rows)} '
                             f'predictions (images {seconds(first)}-{seconds(last)} s) falls '
                             f'inside the timeline ({span} s){hint}')
+    _write_events(out / 'events.csv', events)
+    plot_timeline(out / 'timeline.png', timeline=timeline, stamps=[r.stamp_ns for r in records],
+                  raw=[r.label for r in records],
+                  decided=[decided_label(d, head.background) for d in decisions],
+                  events=events, labels=head.labels, background=head.background,
+                  origin_ns=first, title=f'{args.bag.name}: truth, raw and decided ({task})')
+    if all(curves.values()):
+        plot_reliability(out / 'reliability.png',
+                         {'softmax(z)': curves['ece_uncalibrated'],
+                          f'softmax(z / {head.temperature:.2f})': curves['ece']},
+                         title=f'{args.bag.name}: pure windows')
+    if args.sweep:
+        points = bag_sweep.run_sweep(out, records, configured=config.decision, task=task,
+                                     labels=head.labels, background=head.background,
+                                     window_ns=window_ns, timeline=timeline,
+                                     temperature=head.temperature,
+                                     progress=not args.no_progress)
+        report['sweep'] = dict(points=len(points), best=points[0])
+        (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report
+
+
+EVENT_COLUMNS = ('kind', 'label', 'stamp', 'decided', 'window_start', 'confidence',
+                 'duration_s')
+
+
+def _write_events(path: Path, events) -> None:
+    with path.open('w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(EVENT_COLUMNS)
+        for e in events:
+            writer.writerow([e.kind, e.label, seconds(e.stamp_ns), seconds(e.decided_ns),
+                             seconds(e.window_start_ns), f'{e.confidence:.6f}',
+                             f'{e.duration_s:.6f}'])
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -191,7 +263,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 PREDICTION_COLUMNS = ('stamp', 'window_start', 'label', 'confidence', 'margin', 'ambiguous',
                       'ambiguous_with', 'ambiguity_reason', 'truth', 'truth_full_window',
-                      'correct')
+                      'correct', 'state', 'stable_label', 'stable_confidence', 'stable_since')
 
 
 def _write_outputs(out: Path, report: dict, rows: list[list], params: dict) -> None:
@@ -243,7 +315,39 @@ def markdown(report: dict) -> str:
               '|---' * (len(labels) + 1) + '|']
     for label, row in zip(labels, s['confusion']['matrix']):
         lines.append(f'| {label} | ' + ' | '.join(str(v) for v in row) + ' |')
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines + stream_markdown(report)) + '\n'
+
+
+def _num(value, fmt: str = '.3g') -> str:
+    return '-' if value is None else format(value, fmt)
+
+
+def stream_markdown(report: dict) -> list[str]:
+    """The stream section of report.md: raw against decided, events, calibration."""
+    st, ev, cal = report['stream'], report['events'], report['calibration']
+    lines = ['', '## The stream a planner receives (timeline.png)', '',
+             f"Decision parameters: {report['decision']}; background label "
+             f"`{report['background']}`. True label changes: "
+             f"{_num(st['true_changes_per_min'])} per minute over {st['minutes']} min.", '',
+             '| stream | accuracy | label changes / min | edit score | F1@0.1 | F1@0.25 | '
+             'F1@0.5 |', '|---|---|---|---|---|---|---|']
+    for key in ('raw', 'decided'):
+        b = st[key]
+        f1 = b['f1_at_iou']
+        lines.append(f"| {key} | {_pct(b['accuracy'])} | {_num(b['label_changes_per_min'])} | "
+                     f"{_num(b['edit_score'])} | {_num(f1['0.1'])} | {_num(f1['0.25'])} | "
+                     f"{_num(f1['0.5'])} |")
+    lat = ev['onset_latency_s']
+    lines += ['', f"START events: {ev['starts']} for {ev['true_segments']} true actions; "
+              f"precision {_num(ev['start_precision'])}, recall {_num(ev['start_recall'])}, "
+              f"F1 {_num(ev['start_f1'])}; onset latency p50 {_num(lat['p50'])} s, p90 "
+              f"{_num(lat['p90'])} s; false starts on background "
+              f"{_num(ev['false_starts_per_min_background'])} per minute "
+              f"({ev['background_s']} s of background).",
+              f"Calibration (pure windows, n={cal['windows']}, T={cal['temperature']:.3f}): "
+              f"ECE {_num(cal['ece_uncalibrated'])} before, {_num(cal['ece'])} after. "
+              f"Per-frame mAP (non-background classes): {_num(report['frame_map'])}."]
+    return lines
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -255,6 +359,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     s = report['at_stamp']
     t = report['timing']
+    raw, decided = report['stream']['raw'], report['stream']['decided']
+    print(f"bag-eval: stream edit score raw {_num(raw['edit_score'])} -> decided "
+          f"{_num(decided['edit_score'])}, label changes / min "
+          f"{_num(raw['label_changes_per_min'])} -> "
+          f"{_num(decided['label_changes_per_min'])} (true "
+          f"{_num(report['stream']['true_changes_per_min'])}), START F1 "
+          f"{_num(report['events']['start_f1'])}")
     print(f"bag-eval: {report['predictions']} predictions, accuracy {_pct(s['accuracy'])} "
           f"(symmetric {_pct(s['symmetric']['accuracy'])}, non-symmetric "
           f"{_pct(s['non_symmetric']['accuracy'])}), ambiguity rate "

@@ -1,6 +1,7 @@
 """`python -m step_ros eval`: accuracy of a head on a feature cache, forward and reversed.
 
-Writes report.json, report.md and confusion.png (forward windows) to --out.
+Writes report.json, report.md, confusion.png (forward windows) and reliability.png (top-1
+confidence against accuracy, 15 bins, before and after the head's calibration temperature).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from step_ros.backbone import BackboneInfo
+from step_ros.calibration import plot_reliability, reliability, softmax
 from step_ros.checkpoint import CheckpointError, HeadMeta, load_head
 from step_ros.features import DataError, FeatureCache
 from step_ros.metrics import accuracy_report, plot_confusion, report_markdown
@@ -37,7 +39,8 @@ def evaluate_head(module: nn.Module, meta: HeadMeta, cache: FeatureCache, *,
                             for n in cache.labels])
     targets = mapping[cache.targets]
     module = module.float()
-    forward = predict(module, cache.tokens).argmax(1)
+    logits = predict(module, cache.tokens)
+    forward = logits.argmax(1)
     reverse = predict(module, cache.tokens, reverse=True).argmax(1)
     report = accuracy_report(targets=targets.numpy(), forward=forward.numpy(),
                              reverse=reverse.numpy(), labels=meta.labels,
@@ -46,7 +49,19 @@ def evaluate_head(module: nn.Module, meta: HeadMeta, cache: FeatureCache, *,
     report['head'] = meta.head.to_dict()
     report['cache'] = cache.path
     report['checkpoint'] = source
+    report['calibration'] = calibration_report(logits.numpy(), targets.numpy(),
+                                               temperature=meta.temperature)
     return report
+
+
+def calibration_report(logits, targets, *, temperature: float) -> dict:
+    """ECE (15 bins) and reliability curves of softmax(logits) and softmax(logits / T)."""
+    curves = {}
+    for key, t in (('uncalibrated', 1.0), ('calibrated', temperature)):
+        probs = softmax(logits, t)
+        curves[key] = reliability(probs.max(1), probs.argmax(1) == targets)
+    return dict(temperature=temperature, ece=curves['calibrated']['ece'],
+                ece_uncalibrated=curves['uncalibrated']['ece'], curves=curves)
 
 
 def write_report(out: Path, report: dict, *, title: str) -> None:
@@ -54,6 +69,11 @@ def write_report(out: Path, report: dict, *, title: str) -> None:
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     (out / 'report.md').write_text(report_markdown(report, title=title))
     plot_confusion(out / 'confusion.png', report['confusion'], report['labels'], title=title)
+    c = report['calibration']
+    plot_reliability(out / 'reliability.png',
+                     {'softmax(z)': c['curves']['uncalibrated'],
+                      f"softmax(z / {c['temperature']:.2f})": c['curves']['calibrated']},
+                     title=title)
 
 
 def _fmt(value: float | None) -> str:
@@ -80,5 +100,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     write_report(args.out, report, title=f'{args.checkpoint.stem} on {args.cache.name}')
     parts = [f'{block} {key} {_fmt(report[block][key])}' for block in ('accuracy', 'reversed')
              for key in ('symmetric', 'non_symmetric', 'overall')]
+    c = report['calibration']
+    parts.append(f"ECE {c['ece_uncalibrated']:.3f} -> {c['ece']:.3f} (T {c['temperature']:.3f})")
     print('eval: ' + ', '.join(parts) + f" -> {args.out / 'report.md'}")
     return 0

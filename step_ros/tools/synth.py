@@ -1,9 +1,10 @@
 """`python -m step_ros synth`: write the procedural nearly-symmetric action dataset.
 
-Layout of --out: videos/<split>/<label>_<k>.mp4, train.csv / val.csv / test.csv (header
-`path,label[,start,end]`, paths relative to the CSV), pairs.yaml (labels and symmetric_pairs)
-and dataset.json (the resolved options). Each clip has its own seed derived from (seed, split,
-class, k), so the same seed gives the same dataset whatever the order clips are written in.
+Layout of --out: videos/<split>/<label>_<k>.mp4 (the actions and the background class `none`),
+train.csv / val.csv / test.csv (header `path,label[,start,end]`, paths relative to the CSV),
+pairs.yaml (labels and symmetric_pairs) and dataset.json (the resolved options). Each clip has
+its own seed derived from (seed, split, class, k), so the same seed gives the same dataset
+whatever the order clips are written in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS, render_clip
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS, render_clip
 from step_ros.tools import synth_bag
 
 SPLITS = ('train', 'val', 'test')
@@ -82,10 +83,10 @@ def write_dataset(args: argparse.Namespace) -> dict:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     counts = dict(train=args.train, val=args.val, test=args.test)
-    jobs = [(s, c, k) for s in SPLITS for c in range(len(ACTIONS)) for k in range(counts[s])]
+    jobs = [(s, c, k) for s in SPLITS for c in range(len(LABELS)) for k in range(counts[s])]
     rows: dict[str, list[list]] = {s: [] for s in SPLITS}
     for split, c, k in tqdm(jobs, desc='synth', unit='clip'):
-        label = ACTIONS[c]
+        label = LABELS[c]
         rng = np.random.default_rng([args.seed, SPLITS.index(split), c, k])
         n = int(rng.integers(args.min_frames, args.max_frames + 1))
         frames = render_clip(label, rng=rng, num_frames=n, size=args.size)
@@ -102,7 +103,7 @@ def write_dataset(args: argparse.Namespace) -> dict:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(rows[split])
-    pairs = dict(labels=list(ACTIONS), symmetric_pairs=[list(p) for p in SYMMETRIC_PAIRS])
+    pairs = dict(labels=list(LABELS), symmetric_pairs=[list(p) for p in SYMMETRIC_PAIRS])
     (out / 'pairs.yaml').write_text(yaml.safe_dump(pairs, sort_keys=False))
     resolved = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                 for k, v in vars(args).items()}
@@ -122,6 +123,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f'synth: error: {exc}', file=sys.stderr)
         return 2
-    total = len(ACTIONS) * (args.train + args.val + args.test)
-    print(f'synth: wrote {total} clips of {len(ACTIONS)} classes to {args.out}')
+    total = len(LABELS) * (args.train + args.val + args.test)
+    print(f'synth: wrote {total} clips of {len(LABELS)} classes to {args.out}')
     return 0

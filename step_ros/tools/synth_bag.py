@@ -1,7 +1,8 @@
 """`python -m step_ros synth --bag OUT`: the synthetic action stream as an annotated rosbag2.
 
-OUT is an mcap rosbag2 directory of camera images (one random action after another, each
-`--action-seconds` long) with its ground truth beside the mcap file: OUT/timeline.csv
+OUT is an mcap rosbag2 directory of camera images (random actions, each `--action-seconds` long,
+with idle gaps of the background class `none` between them, of a length drawn from
+`--idle-seconds`) with its ground truth beside the mcap file: OUT/timeline.csv
 (`start,end,label` in seconds of header-stamp time), ready for `bag-eval --labels`, and
 OUT/pairs.yaml (labels and symmetric pairs), which `extract --bag` reads by default.
 """
@@ -17,13 +18,14 @@ import yaml
 from tqdm import tqdm
 
 from step_ros.bags import BagError, BagWriter
-from step_ros.synth import ACTIONS, DEFAULT_SIZE, SYMMETRIC_PAIRS, ActionStream
+from step_ros.synth import DEFAULT_SIZE, LABELS, SYMMETRIC_PAIRS, ActionStream
 from step_ros.timeline import write_timeline
 
 TIMELINE_NAME = 'timeline.csv'
 # Header stamps start here (2023-11-14, whole seconds): realistic epoch times, never 0, which
 # ROS reads as 'time not set' under use_sim_time.
 START_NS = 1_700_000_000_000_000_000
+IDLE_SECONDS = (0.5, 4.0)
 
 
 def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,19 +41,25 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
                             'with --compressed)')
     group.add_argument('--action-seconds', type=float, default=2.0,
                        help='length of each action in the stream (2 s)')
+    group.add_argument('--idle-seconds', type=float, nargs=2, default=IDLE_SECONDS,
+                       metavar=('SHORTEST', 'LONGEST'),
+                       help='idle gap (background) after each action, its length drawn '
+                            'uniformly in [SHORTEST, LONGEST] seconds (0.5 4; 0 0: no gaps)')
     group.add_argument('--compressed', action='store_true',
                        help='JPEG sensor_msgs/CompressedImage instead of rgb8 Image')
 
 
 def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: float = 30.0,
                     size: tuple[int, int] = DEFAULT_SIZE, topic: str = '/camera/image_raw',
-                    action_seconds: float = 2.0, compressed: bool = False,
+                    action_seconds: float = 2.0, idle_seconds: tuple[float, float] = IDLE_SECONDS,
+                    compressed: bool = False,
                     start_ns: int = START_NS, progress: bool = True) -> tuple[Path, Path]:
     """Render `seconds` of ActionStream into a bag; -> (bag directory, timeline CSV)."""
     if not seconds > 0:
         raise ValueError(f'--seconds {seconds}: must be > 0')
     out = Path(out)
-    stream = ActionStream(seed=seed, fps=fps, size=size, action_seconds=action_seconds)
+    stream = ActionStream(seed=seed, fps=fps, size=size, action_seconds=action_seconds,
+                          idle_seconds=idle_seconds)
     count = int(round(seconds * fps))
 
     def stamp(index: int) -> int:
@@ -59,7 +67,8 @@ def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: floa
 
     with BagWriter(out) as writer:
         writer.writer.set_custom_data('step_ros.synth', json.dumps(dict(
-            seed=seed, fps=fps, size=list(size), action_seconds=action_seconds, seconds=seconds,
+            seed=seed, fps=fps, size=list(size), action_seconds=action_seconds,
+            idle_seconds=list(idle_seconds), seconds=seconds,
             topic=topic, compressed=compressed, timeline=TIMELINE_NAME)))
         frames = zip(range(count), stream)
         for index, (frame, _, _) in tqdm(frames, total=count, desc='synth bag', unit='frame',
@@ -73,7 +82,7 @@ def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: floa
             segments.append((stamp(first), stamp(stop), label))
     # The stream's label set and symmetric pairs, for `extract --bag` (its default --pairs).
     (out / 'pairs.yaml').write_text(yaml.safe_dump(dict(
-        labels=list(ACTIONS), symmetric_pairs=[list(p) for p in SYMMETRIC_PAIRS])))
+        labels=list(LABELS), symmetric_pairs=[list(p) for p in SYMMETRIC_PAIRS])))
     return out, write_timeline(out / TIMELINE_NAME, segments)
 
 
@@ -94,6 +103,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         bag, timeline = write_synth_bag(args.bag, seconds=args.seconds, seed=args.seed,
                                         fps=args.fps, size=size, topic=topic,
                                         action_seconds=args.action_seconds,
+                                        idle_seconds=tuple(args.idle_seconds),
                                         compressed=args.compressed)
     except (ValueError, BagError) as exc:
         print(f'synth: error: {exc}', file=sys.stderr)

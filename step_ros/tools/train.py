@@ -1,19 +1,22 @@
 """`python -m step_ros train`: train one or more heads on one pass over a feature cache.
 
 Writes <out>/<head>.safetensors for every --head, config.json (the resolved settings),
-log.jsonl (loss and accuracy per epoch and head) and curves.png.
+log.jsonl (loss and accuracy per epoch and head) and curves.png. With --val-cache, each head's
+temperature is fitted on the validation windows (NLL) and stored in its checkpoint, with the
+ECE before and after in calibration.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from step_ros.features import DataError, FeatureCache
 from step_ros.heads import PRESETS, HeadConfig
-from step_ros.training import TrainConfig, save_run, train_heads
+from step_ros.training import TrainConfig, fit_temperatures, save_run, train_heads
 
 _DEFAULTS = TrainConfig()
 
@@ -71,6 +74,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help=f"head preset, repeatable, or 'all': {', '.join(PRESETS)}")
     parser.add_argument('--out', type=Path, required=True, help='run directory')
     parser.add_argument('--task', default='action', help='task name in the checkpoint (action)')
+    parser.add_argument('--background', default='none',
+                        help="the 'nothing is happening' label recorded in the checkpoint "
+                             "(default none; ignored when it is not one of the labels)")
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
@@ -86,14 +92,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         heads = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
         config = train_config(args)
         trained = train_heads(cache, heads, config, val=val)
+        calibration = fit_temperatures(trained, val) if val is not None else {}
+        background = args.background if args.background in cache.labels else None
         paths = save_run(args.out, trained, cache, config, task=args.task,
                          window_seconds=args.window_seconds,
-                         extra=dict(val_cache=str(args.val_cache) if val else None))
+                         extra=dict(val_cache=str(args.val_cache) if val else None),
+                         temperatures={k: v['temperature'] for k, v in calibration.items()},
+                         background=background)
     except (DataError, ValueError) as exc:
         print(f'train: error: {exc}', file=sys.stderr)
         return 2
+    if calibration:
+        (args.out / 'calibration.json').write_text(json.dumps(calibration, indent=2) + '\n')
     for head, path in zip(trained, paths):
         final = head.log[-1]
         score = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if k.endswith('acc'))
+        c = calibration.get(head.name)
+        if c:
+            score += (f", T {c['temperature']:.3f} (val ECE {c['ece_uncalibrated']:.3f} -> "
+                      f"{c['ece_calibrated']:.3f})")
         print(f'train: {head.name}: {score} -> {path}')
     return 0

@@ -1,0 +1,169 @@
+"""Decide a recorded prediction stream and score raw and decided streams against a timeline.
+
+`bag-eval` records the scored head's raw predictions once, then runs a `Decider` over them
+exactly as the node does per prediction (reset where the engine's buffer was cleared), and
+scores both streams with step_ros.stream_metrics. The sweep replays the same records under
+other decision parameters without running the model again. ROS-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from step_ros.calibration import reliability, softmax
+from step_ros.decision import END, START, ActionEvent, Decider, Decision, DecisionConfig, State
+from step_ros.stream_metrics import (
+    IOU_THRESHOLDS,
+    changes,
+    edit_score,
+    event_scores,
+    f1_at_iou,
+    frame_map,
+)
+from step_ros.timeline import Timeline
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One raw prediction of the scored head."""
+
+    stamp_ns: int
+    window_start_ns: int
+    label: str
+    probs: np.ndarray  # calibrated, every label
+    ambiguous: bool
+    reset_before: bool = False  # the engine's buffer was cleared since the previous one
+
+
+def decide(records: Sequence[StreamRecord], *, decider: Decider
+           ) -> tuple[list[Decision], list[ActionEvent]]:
+    """Feed every record to `decider` (as the node does); -> decisions and the events emitted.
+
+    An action still open at the end of the records is not closed: a live node would not have
+    emitted that END either.
+    """
+    decisions, events = [], []
+    for r in records:
+        if r.reset_before:
+            events += decider.reset()
+        d = decider.update(probs=r.probs, stamp_ns=r.stamp_ns, window_start_ns=r.window_start_ns,
+                           ambiguous=r.ambiguous)
+        decisions.append(d)
+        events += d.events
+    return decisions, events
+
+
+def decided_label(decision: Decision, background: str | None) -> str:
+    return decision.stable_label if decision.state is State.ACTIVE else (background or '')
+
+
+def event_intervals(events: Sequence[ActionEvent], *, end_ns: int) -> list[tuple[int, int, str]]:
+    """(onset, offset, label) of every action; one still open runs to `end_ns`."""
+    out, open_start = [], None
+    for e in events:
+        if e.kind == START:
+            open_start = e
+        elif e.kind == END and open_start is not None:
+            out.append((open_start.stamp_ns, e.stamp_ns, e.label))
+            open_start = None
+    if open_start is not None:
+        out.append((open_start.stamp_ns, max(end_ns, open_start.stamp_ns), open_start.label))
+    return out
+
+
+def _label_at(intervals: list[tuple[int, int, str]], t_ns: int, background: str) -> str:
+    for start, end, label in intervals:
+        if start <= t_ns < end:
+            return label
+    return background
+
+
+def _stream_block(at_stamp: list[str], truth_at_stamp: list[str | None], grid: list[str],
+                  truth_grid: list[str | None], *, minutes: float,
+                  background: str | None) -> dict:
+    scored = [(p, t) for p, t in zip(at_stamp, truth_at_stamp) if t is not None]
+    seg = [(p, t) for p, t in zip(grid, truth_grid) if t is not None]
+    pred_seq, true_seq = [p for p, _ in seg], [t for _, t in seg]
+    return dict(
+        accuracy=round(sum(p == t for p, t in scored) / len(scored), 4) if scored else None,
+        label_changes_per_min=round(changes(at_stamp) / minutes, 3) if minutes else None,
+        edit_score=round(edit_score(pred_seq, true_seq, background=background), 3),
+        f1_at_iou={str(th): round(f1_at_iou(pred_seq, true_seq, th, background=background), 4)
+                   for th in IOU_THRESHOLDS})
+
+
+def stream_report(records: Sequence[StreamRecord], decisions: Sequence[Decision],
+                  events: Sequence[ActionEvent], *, timeline: Timeline, labels: Sequence[str],
+                  background: str | None, window_ns: int, temperature: float) -> dict:
+    """The `stream`, `events`, `calibration` and `frame_map` blocks of bag-eval's report."""
+    if not records:
+        raise ValueError('no predictions to score')
+    bg = background or ''
+    first, last = records[0].stamp_ns, records[-1].stamp_ns
+    minutes = (last - first) / 60e9
+    raw_lag = window_ns // 2  # a raw window's label describes about its middle
+    stamps = [r.stamp_ns for r in records]
+    truth_at = [timeline.label_at(t) for t in stamps]
+    grid = [t - raw_lag for t in stamps]
+    truth_grid = [timeline.label_at(t) for t in grid]
+    raw_at = [r.label for r in records]
+    decided_at = [decided_label(d, background) for d in decisions]
+    intervals = event_intervals(events, end_ns=last)
+    decided_grid = [_label_at(intervals, t, bg) for t in grid]
+    truth_seq = [t for t in truth_at if t is not None]
+    stream = dict(
+        raw=_stream_block(raw_at, truth_at, raw_at, truth_grid, minutes=minutes,
+                          background=background),
+        decided=_stream_block(decided_at, truth_at, decided_grid, truth_grid, minutes=minutes,
+                              background=background),
+        true_changes_per_min=round(changes(truth_seq) / minutes, 3) if minutes else None,
+        minutes=round(minutes, 3), raw_backdating_s=raw_lag / 1e9)
+
+    starts = [e for e in events if e.kind == START]
+    true_segments = [(s.label, s.start_ns, s.end_ns) for s in timeline.segments
+                     if s.label != background
+                     and records[0].window_start_ns <= s.start_ns <= last - window_ns]
+    background_ns = sum(max(0, min(s.end_ns, last) - max(s.start_ns, first))
+                        for s in timeline.segments if background and s.label == background)
+    event_block = event_scores(
+        [(e.label, e.stamp_ns, e.decided_ns) for e in starts], true_segments,
+        tolerance_ns=window_ns // 2, background_ns=background_ns,
+        background_hits=[bool(background) and timeline.label_at(e.stamp_ns) == background
+                         for e in starts])
+    event_block['ends'] = sum(e.kind == END for e in events)
+
+    pure = [(r, timeline.label_over(r.window_start_ns, r.stamp_ns)) for r in records]
+    pure = [(r, t) for r, t in pure if t is not None]
+    calibration = dict(temperature=temperature, windows=len(pure), ece=None,
+                       ece_uncalibrated=None)
+    if pure:
+        index = {name: i for i, name in enumerate(labels)}
+        probs = np.stack([r.probs for r, _ in pure])
+        targets = np.array([index[t] for _, t in pure])
+        # softmax(T * log p) = softmax(logits): the probabilities before calibration.
+        raw = softmax(temperature * np.log(np.maximum(probs, 1e-38)))
+        for key, p in (('ece', probs), ('ece_uncalibrated', raw)):
+            curve = reliability(p.max(1), p.argmax(1) == targets)
+            calibration[key] = round(curve['ece'], 4)
+            calibration[f'curve_{key}'] = curve
+    labelled = [(r, t) for r, t in zip(records, truth_at) if t is not None]
+    fmap = None
+    if labelled:
+        fmap = frame_map(np.stack([r.probs for r, _ in labelled]), [t for _, t in labelled],
+                         labels, background=background)
+    return dict(stream=stream, events=event_block, calibration=calibration,
+                frame_map=None if fmap is None else round(fmap, 4))
+
+
+def replay(records: Sequence[StreamRecord], config: DecisionConfig, *, task: str,
+           labels: Sequence[str], background: str | None, window_ns: int, timeline: Timeline,
+           temperature: float) -> dict:
+    """Decide the records under `config` and score them."""
+    decider = Decider(task=task, labels=labels, background=background, config=config,
+                      window_ns=window_ns)
+    decisions, events = decide(records, decider=decider)
+    return stream_report(records, decisions, events, timeline=timeline, labels=labels,
+                         background=background, window_ns=window_ns, temperature=temperature)

@@ -1,0 +1,89 @@
+"""`bag-eval --sweep`: the decision parameters' trade-off on one bag.
+
+The bag's raw predictions are recorded once; every point of a grid over the `decision.*`
+parameters replays them through a Decider and is scored (latency vs flicker vs event F1).
+Writes sweep.csv (every point), sweep.md (the best points and the configured one) and
+sweep.png (onset latency against label changes per minute, coloured by START F1).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from step_ros.decision import DecisionConfig
+from step_ros.stream_eval import StreamRecord, replay
+from step_ros.stream_plots import plot_sweep
+from step_ros.timeline import Timeline
+
+SMOOTHING = (0.0, 0.25, 0.5, 1.0)
+ENTER = (0.5, 0.6, 0.7, 0.8)
+EXIT_BELOW_ENTER = (0.1, 0.3)  # exit_threshold = enter_threshold - this
+DWELL = (0.0, 0.25, 0.5)
+MIN_CONFIDENCE = (0.0, 0.4)
+COLUMNS = ('smoothing_seconds', 'enter_threshold', 'exit_threshold', 'min_dwell_seconds',
+           'min_confidence', 'score', 'edit_score', 'f1_at_0.25', 'start_f1',
+           'onset_latency_p50', 'label_changes_per_min', 'false_starts_per_min_background',
+           'accuracy')
+
+
+def grid(base: DecisionConfig) -> list[DecisionConfig]:
+    points = []
+    for tau, enter, gap, dwell, conf in itertools.product(SMOOTHING, ENTER, EXIT_BELOW_ENTER,
+                                                          DWELL, MIN_CONFIDENCE):
+        points.append(replace(base, smoothing_seconds=tau, enter_threshold=enter,
+                              exit_threshold=round(enter - gap, 3), min_dwell_seconds=dwell,
+                              min_confidence=conf))
+    return points
+
+
+def row(config: DecisionConfig, report: dict) -> dict:
+    decided, events = report['stream']['decided'], report['events']
+    values = dict(asdict(config), edit_score=decided['edit_score'],
+                  **{'f1_at_0.25': decided['f1_at_iou']['0.25']}, start_f1=events['start_f1'],
+                  onset_latency_p50=events['onset_latency_s']['p50'],
+                  label_changes_per_min=decided['label_changes_per_min'],
+                  false_starts_per_min_background=events['false_starts_per_min_background'],
+                  accuracy=decided['accuracy'])
+    # One number to rank by: the mean of START F1, F1@0.25 and edit / 100 (all 0..1).
+    parts = [values['start_f1'] or 0.0, values['f1_at_0.25'] or 0.0,
+             (values['edit_score'] or 0.0) / 100]
+    values['score'] = round(sum(parts) / 3, 4)
+    return values
+
+
+def run_sweep(out: Path, records: Sequence[StreamRecord], *, configured: DecisionConfig,
+              task: str, labels: Sequence[str], background: str | None, window_ns: int,
+              timeline: Timeline, temperature: float, progress: bool = True) -> list[dict]:
+    """Score every grid point; write sweep.csv / sweep.md / sweep.png; -> rows, best first."""
+    kwargs = dict(task=task, labels=labels, background=background, window_ns=window_ns,
+                  timeline=timeline, temperature=temperature)
+    rows = [row(c, replay(records, c, **kwargs))
+            for c in tqdm(grid(configured), desc='sweep', unit='point', disable=not progress)]
+    rows.sort(key=lambda r: (-r['score'], r['onset_latency_p50'] or float('inf')))
+    chosen_report = replay(records, configured, **kwargs)
+    chosen = row(configured, chosen_report)
+    with (out / 'sweep.csv').open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    true_changes = chosen_report['stream']['true_changes_per_min']
+    lines = [f'# Decision sweep: {len(rows)} points', '',
+             f'True label changes per minute: {true_changes}. Score = mean of START F1, '
+             'F1@0.25 and edit score / 100. The configured parameters are the first row.', '',
+             '| ' + ' | '.join(COLUMNS) + ' |', '|---' * len(COLUMNS) + '|',
+             '| ' + ' | '.join(_cell(chosen[c]) for c in COLUMNS) + ' |']
+    lines += ['| ' + ' | '.join(_cell(r[c]) for c in COLUMNS) + ' |' for r in rows[:20]]
+    (out / 'sweep.md').write_text('\n'.join(lines) + '\n')
+    plot_sweep(out / 'sweep.png', rows, chosen=chosen, true_changes=true_changes,
+               title=f'decision sweep, {len(rows)} points')
+    return rows
+
+
+def _cell(value) -> str:
+    return '-' if value is None else f'{value:g}' if isinstance(value, float) else str(value)
