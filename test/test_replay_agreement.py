@@ -189,5 +189,6 @@ def test_live_node_agrees_with_bag_eval(client, replay_factory, env, tmp_path):
     expected = [e for e in offline_events if horizon is None or e[3] < horizon]
     print(f'events: {len(offline_events)} from bag-eval, {len(live_events)} from the live node; '
           f'compared up to {horizon or "the end"}')
-    assert sum(kind == 'start' for kind, *_ in expected) >= 2, (offline_events, horizon)
+    # 12 s with idle gaps hold few actions: at least one START and one END to compare.
+    assert {kind for kind, *_ in expected} == {'start', 'end'}, (offline_events, horizon)
     assert seen == expected, (seen, expected)

@@ -123,8 +123,10 @@ class Scoreboard:
         with self.lock:
             rows, events = list(self.rows), list(self.events)
             messages, event_messages = list(self.messages), list(self.event_messages)
+        # Windows whose frames all show one action (idle gaps are scored by the stream metrics).
         full = [(raw, self.truth(t)) for t, oldest, raw, _ in rows
-                if self.true_since(t) is not None and self.true_since(t) <= oldest + 1e-6]
+                if self.true_since(t) is not None and self.true_since(t) <= oldest + 1e-6
+                and self.truth(t) != self.background]
         lines = [f'{len(rows)} results, {len(full)} on full windows (all frames inside one '
                  f'action), {len(events)} events']
         for name, subset in (('overall', full), ('symmetric pairs', [r for r in full
