@@ -82,7 +82,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     group.add_argument('--val-clips', type=int, default=8, help='val clips per class (8)')
     group.add_argument('--test-clips', type=int, default=20, help='test clips per class (20)')
     group = parser.add_argument_group('PEFT (trained through the backbone: far costlier)')
-    group.add_argument('--peft-epochs', type=int, default=10, help='epochs (10)')
+    group.add_argument('--peft-epochs', type=int, default=6, help='epochs (6)')
     group.add_argument('--peft-train-clips', type=int, default=16,
                        help='first train clips per class they train on (16; 0: all)')
     add_train_arguments(parser)
@@ -106,7 +106,7 @@ def _frozen_rows(args, backbone: FrozenBackbone, caches: dict, heads: dict, conf
                  out: Path) -> tuple[dict, dict, float]:
     """Train every head (and the further tasks' heads) on one pass; evaluate on test."""
     train = caches['train']
-    tasks = {name: 'label' for name in heads}
+    tasks = {name: 'action' for name in heads}
     further = [t for t in (train.tasks or {}) if t]
     for task in further:
         for preset in MULTITASK_HEADS:
@@ -125,14 +125,12 @@ def _frozen_rows(args, backbone: FrozenBackbone, caches: dict, heads: dict, conf
     rows, task_rows = {}, {}
     for name in heads:
         module, meta = load_head(run_dir / f'{name}.safetensors')
-        labels, targets, pairs = test.task(tasks[name])
-        view = replace(test, labels=labels, targets=targets, symmetric_pairs=pairs)
-        report = evaluate_head(module, meta, view, source=str(run_dir / f'{name}.safetensors'))
+        report = evaluate_head(module, meta, test, source=str(run_dir / f'{name}.safetensors'))
         report['gflops'] = count_gflops(module, example)
         write_report(out / 'eval' / name, report, title=f'{name} on the test split')
         report['cost'] = head_cost(module, frame_gflops=frame_gflops, num_frames=args.frames,
                                    example=example)
-        if tasks[name] == 'label':
+        if tasks[name] == 'action':
             rows[name] = report
         else:
             task_rows[(tasks[name], name[len(tasks[name]) + 1:])] = report
