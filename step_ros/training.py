@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from step_ros.checkpoint import HeadMeta, save_head
+from step_ros.distributed import Dist, rank_batches
 from step_ros.features import FeatureCache
 from step_ros.heads import HeadConfig, build_head, count_trainable
 
@@ -93,61 +95,110 @@ def predict(module: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64,
 
 
 def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: TrainConfig, *,
-                val: FeatureCache | None = None, progress: bool = True) -> list[TrainedHead]:
-    """Train every head on the same batches of `cache`; returns them in eval mode."""
+                val: FeatureCache | None = None, progress: bool = True,
+                dist: Dist | None = None, device: str = 'cpu') -> list[TrainedHead]:
+    """Train every head on the same batches of `cache`; returns them in eval mode.
+
+    With `dist` (a torchrun process group), every head is wrapped in DistributedDataParallel and
+    `config.batch_size` is the per-rank batch: each global batch of batch_size * world_size
+    clips holds the same samples as a single process's batch of that size (see
+    distributed.rank_batches), and the logged metrics are sums over all ranks.
+    """
     config.validate()
     if val is not None and val.labels != cache.labels:
         raise ValueError(f'{val.path}: labels {list(val.labels)} differ from the training '
                          f'cache {cache.path}: {list(cache.labels)}')
     modules, optimisers = {}, {}
+    device = device if dist is None else dist.device
     for name, head_config in heads.items():
         torch.manual_seed(config.seed)  # every head starts from the same seed
         module = build_head(head_config, dim=cache.dim, num_frames=cache.num_frames,
                             num_patches=cache.num_patches, num_classes=len(cache.labels))
-        modules[name] = module
+        modules[name] = module.to(device)
         optimisers[name] = torch.optim.AdamW(param_groups(module, config), lr=config.lr)
+    models = modules if dist is None else {name: ddp(m, dist) for name, m in modules.items()}
     n = len(cache.tokens)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    global_batch = config.batch_size * (1 if dist is None else dist.world_size)
+    steps_per_epoch = math.ceil(n / global_batch)
     total = steps_per_epoch * config.epochs
     warmup = steps_per_epoch * config.warmup_epochs
     logs: dict[str, list[dict]] = {name: [] for name in heads}
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
-    bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not progress)
+    show = progress and (dist is None or dist.is_main)
+    bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not show)
     for epoch in range(config.epochs):
         for module in modules.values():
             module.train()
         sums = {name: [0.0, 0] for name in heads}  # loss sum, correct
         order = torch.randperm(n, generator=generator)
-        for i in range(0, n, config.batch_size):
-            idx = order[i:i + config.batch_size]
-            x = cache.tokens[idx].float()  # (B, T, 1+N, D), read once for all heads
-            y = cache.targets[idx]
+        if dist is None:
+            batches = ((order[i:i + global_batch], None, 0) for i in range(0, n, global_batch))
+        else:
+            batches = rank_batches(order, batch_size=config.batch_size, dist_=dist)
+        for idx, weights, size in batches:
+            x = cache.tokens[idx].float().to(device)  # (B, T, 1+N, D), read once for all heads
+            y = cache.targets[idx].to(device)
             factor = lr_at(step, total=total, warmup=warmup)
-            for name, module in modules.items():
+            for name, model in models.items():
                 optimiser = optimisers[name]
                 for group in optimiser.param_groups:
                     group['lr'] = config.lr * factor * group['lr_scale']
-                logits = module(x)  # (B, C)
-                loss = F.cross_entropy(logits, y)
+                logits = model(x)  # (B, C)
+                if weights is None:
+                    loss = F.cross_entropy(logits, y)
+                    loss_sum = float(loss.detach()) * len(idx)
+                    correct = int((logits.argmax(1) == y).sum())
+                else:
+                    # DDP averages gradients over the W ranks: scaling this rank's loss sum by
+                    # W / size makes that average the gradient of the global batch's mean loss.
+                    w = weights.to(device)
+                    losses = F.cross_entropy(logits, y, reduction='none') * w  # (B,)
+                    loss = losses.sum() * (dist.world_size / size)
+                    loss_sum = float(losses.detach().sum())
+                    correct = int(((logits.argmax(1) == y).float() * w).sum())
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                sums[name][0] += float(loss.detach()) * len(idx)
-                sums[name][1] += int((logits.argmax(1) == y).sum())
+                sums[name][0] += loss_sum
+                sums[name][1] += correct
             step += 1
             bar.update(1)
+        if dist is not None:  # every rank saw its share: sum them
+            totals = dist.all_sum([v for name in heads for v in sums[name]])
+            sums = {name: totals[2 * i:2 * i + 2] for i, name in enumerate(heads)}
         for name, module in modules.items():
             entry = dict(epoch=epoch + 1, loss=sums[name][0] / n, train_acc=sums[name][1] / n,
                          lr=config.lr * lr_at(step - 1, total=total, warmup=warmup))
             if val is not None:
-                logits = predict(module, val.tokens)
-                entry['val_acc'] = float((logits.argmax(1) == val.targets).float().mean())
+                entry['val_acc'] = val_accuracy(module, val, dist=dist)
             logs[name].append(entry)
         bar.set_postfix({k: f"{v[-1].get('val_acc', v[-1]['train_acc']):.2f}"
                          for k, v in list(logs.items())[:4]})
     bar.close()
-    return [TrainedHead(name, modules[name].eval(), heads[name], logs[name]) for name in heads]
+    return [TrainedHead(name, modules[name].cpu().eval(), heads[name], logs[name])
+            for name in heads]
+
+
+def val_accuracy(module: nn.Module, val: FeatureCache, *, dist: Dist | None = None) -> float:
+    """Accuracy on a validation cache; under torchrun each rank scores every W-th clip."""
+    device = next(module.parameters()).device
+    if dist is None:
+        logits = predict(module, val.tokens.to(device)).cpu()
+        return float((logits.argmax(1) == val.targets).float().mean())
+    share = slice(dist.rank, None, dist.world_size)
+    tokens, targets = val.tokens[share], val.targets[share]
+    correct = 0
+    if len(tokens):
+        correct = int((predict(module, tokens.to(device)).argmax(1).cpu() == targets).sum())
+    return dist.all_sum([correct])[0] / len(val.targets)
+
+
+def ddp(module: nn.Module, dist: Dist) -> nn.Module:
+    """`module` in DistributedDataParallel on this rank's device (it broadcasts rank 0's
+    weights, so every rank starts from the same ones)."""
+    device_ids = [dist.local_rank] if dist.backend == 'nccl' else None
+    return DistributedDataParallel(module, device_ids=device_ids)
 
 
 def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,

@@ -1,7 +1,9 @@
 """`python -m step_ros train`: train one or more heads on one pass over a feature cache.
 
 Writes <out>/<head>.safetensors for every --head, config.json (the resolved settings),
-log.jsonl (loss and accuracy per epoch and head) and curves.png.
+log.jsonl (loss and accuracy per epoch and head) and curves.png. Under torchrun the heads train
+with DistributedDataParallel, --batch-size is per rank (global batch = batch x world size) and
+rank 0 alone writes the run (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from step_ros.distributed import rank_device, session
 from step_ros.features import DataError, FeatureCache
 from step_ros.heads import PRESETS, HeadConfig
 from step_ros.training import TrainConfig, save_run, train_heads
@@ -74,6 +77,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
+    parser.add_argument('--device', default='cpu',
+                        help="'cpu', 'cuda' or 'auto'; under torchrun CPU ranks use gloo, CUDA "
+                             'ranks NCCL with one GPU each (cpu)')
     add_train_arguments(parser)
     return parser
 
@@ -81,15 +87,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        cache = FeatureCache.load(args.cache)
-        val = FeatureCache.load(args.val_cache) if args.val_cache else None
-        heads = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
-        config = train_config(args)
-        trained = train_heads(cache, heads, config, val=val)
-        paths = save_run(args.out, trained, cache, config, task=args.task,
-                         window_seconds=args.window_seconds,
-                         extra=dict(val_cache=str(args.val_cache) if val else None))
-    except (DataError, ValueError) as exc:
+        with session(device=args.device) as dist:  # a process group under torchrun, else None
+            cache = FeatureCache.load(args.cache)
+            val = FeatureCache.load(args.val_cache) if args.val_cache else None
+            heads = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
+            config = train_config(args)
+            device = rank_device(args.device, local_rank=0) if dist is None else dist.device
+            trained = train_heads(cache, heads, config, val=val, dist=dist, device=device)
+            extra = dict(val_cache=str(args.val_cache) if val else None)
+            if dist is not None:
+                extra.update(world_size=dist.world_size,
+                             global_batch_size=config.batch_size * dist.world_size)
+            if dist is not None and not dist.is_main:  # rank 0 alone writes the run
+                return 0
+            paths = save_run(args.out, trained, cache, config, task=args.task,
+                             window_seconds=args.window_seconds, extra=extra)
+    except (DataError, ValueError, RuntimeError) as exc:
         print(f'train: error: {exc}', file=sys.stderr)
         return 2
     for head, path in zip(trained, paths):
