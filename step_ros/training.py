@@ -191,7 +191,8 @@ def val_accuracy(module: nn.Module, val: FeatureCache, *, dist: Dist | None = No
     correct = 0
     if len(tokens):
         correct = int((predict(module, tokens.to(device)).argmax(1).cpu() == targets).sum())
-    return dist.all_sum([correct])[0] / len(val.targets)
+    total = torch.tensor(dist.all_sum([correct])[0], dtype=torch.float32)
+    return float(total / len(val.targets))  # float32, as the single process's mean()
 
 
 def ddp(module: nn.Module, dist: Dist) -> nn.Module:

@@ -135,4 +135,12 @@ def test_two_rank_ddp_training_matches_a_single_process(reference, tmp_path):
         b = load_file(str(single / f'{head}.safetensors'))
         assert a.keys() == b.keys()
         for key in a:  # equal up to the order of float additions (see docs/DISTRIBUTED.md)
-            torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+            got, want = a[key], b[key]
+            if key.endswith('qkv.bias'):
+                # The key bias adds q.b to every logit of a query: softmax ignores it, so its
+                # true gradient is 0 and what it gets is rounding noise, which AdamW scales up
+                # to steps of about lr. It is compared loosely, the query / value biases not.
+                d = len(got) // 3
+                torch.testing.assert_close(got[d:2 * d], want[d:2 * d], atol=1e-3, rtol=0)
+                got, want = torch.cat([got[:d], got[2 * d:]]), torch.cat([want[:d], want[2 * d:]])
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
