@@ -13,7 +13,8 @@ cd "$root"
 venv=$root/.venv
 logdir=$root/log
 mkdir -p "$logdir"
-req_files=(requirements/ros.txt requirements/python.txt requirements/constraints.txt)
+req_files=(requirements/ros.txt requirements/python.txt requirements/dev.txt
+           requirements/constraints.txt)
 
 say() { echo "step_ros: $*"; }
 
@@ -45,7 +46,7 @@ use_system_ros() {
 }
 
 ensure_system_python_deps() {
-    # module -> requirement name in requirements/python.txt
+    # module -> requirement name in requirements/python.txt or dev.txt
     local -A wanted=([torch]=torch [transformers]=transformers [safetensors]=safetensors
                      [cv2]=opencv-python-headless [rosbags]=rosbags [tqdm]=tqdm
                      [matplotlib]=matplotlib [pytest]=pytest [pytest_timeout]=pytest-timeout
@@ -60,7 +61,7 @@ ensure_system_python_deps() {
     python3 -c 'import numpy; print(f"numpy=={numpy.__version__}")' > "$pins"
     local requirements=()
     for name in "${missing[@]}"; do
-        requirements+=("$(grep -E "^${name}==" requirements/python.txt)")
+        requirements+=("$(grep -hE "^${name}==" requirements/python.txt requirements/dev.txt)")
     done
     say "installing for the system python3 (user site): ${requirements[*]}"
     if ! quiet_pip "$log" python3 -m pip install -q --user -c "$pins" "${requirements[@]}"; then
@@ -92,7 +93,8 @@ ensure_venv() {
     say "installing pinned dependencies (first run takes a few minutes)"
     # One pip call: the constraints file must see ROS and torch/transformers together.
     quiet_pip "$log" "$venv/bin/python" -m pip install -q \
-        -r requirements/ros.txt -r requirements/python.txt -c requirements/constraints.txt \
+        -r requirements/ros.txt -r requirements/python.txt -r requirements/dev.txt \
+        -c requirements/constraints.txt \
         || fail "$log" "pip install of the pinned dependencies failed"
     fix_cmake_include_dirs
     echo "$hash" > "$stamp"

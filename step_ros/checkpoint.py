@@ -34,6 +34,8 @@ class HeadMeta:
     backbone: dict  # BackboneInfo.to_dict() of the backbone the head was trained on
     window_seconds: float = 2.0  # clip duration the T training frames were spread over
     training: dict = field(default_factory=dict)  # free-form: data, epochs, accuracy, seed
+    temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature)
+    background: str | None = None  # the 'nothing is happening' label, if the head has one
 
     @property
     def feature_dim(self) -> int:
@@ -48,7 +50,8 @@ class HeadMeta:
             format=FORMAT, task=self.task, labels=list(self.labels),
             symmetric_pairs=[list(p) for p in self.symmetric_pairs], head=self.head.to_dict(),
             num_frames=self.num_frames, feature_dim=self.feature_dim,
-            backbone=self.backbone, window_seconds=self.window_seconds, training=self.training))
+            backbone=self.backbone, window_seconds=self.window_seconds, training=self.training,
+            temperature=self.temperature, background=self.background))
 
     @classmethod
     def from_json(cls, text: str) -> HeadMeta:
@@ -60,7 +63,8 @@ class HeadMeta:
                    head=HeadConfig.from_dict(values['head']), num_frames=int(values['num_frames']),
                    backbone=dict(values['backbone']),
                    window_seconds=float(values['window_seconds']),
-                   training=dict(values.get('training', {})))
+                   training=dict(values.get('training', {})),
+                   **_calibration(values))
 
     def check_backbone(self, info: BackboneInfo, *, source: str) -> None:
         """Raise CheckpointError unless the head was trained on features of this backbone."""
@@ -76,6 +80,19 @@ class HeadMeta:
                 f"{source}: head was trained on the weights of {trained['id']} (fingerprint "
                 f"{trained['fingerprint']}) but the backbone {info.id} has fingerprint "
                 f'{info.fingerprint}: features differ; retrain the head on this backbone')
+
+
+def _calibration(values: dict) -> dict:
+    """temperature and background; heads written before they existed get 1.0 and 'none'
+    (when that is one of their labels)."""
+    labels = list(values['labels'])
+    temperature = float(values.get('temperature', 1.0))
+    if not temperature > 0 or temperature == float('inf'):
+        raise ValueError(f'temperature={temperature!r}: must be a finite number > 0')
+    background = values.get('background', 'none' if 'none' in labels else None)
+    if background is not None and background not in labels:
+        raise ValueError(f'background={background!r} is not one of the labels {labels}')
+    return dict(temperature=temperature, background=background)
 
 
 def validate_pairs(labels: tuple[str, ...], pairs) -> tuple[tuple[str, str], ...]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from step_ros import raw_formats
+
 
 class ImageRejected(ValueError):
     """The image cannot be used; `kind` groups reasons for counting and rate-limited warnings."""
@@ -30,17 +32,22 @@ _RAW = {
     'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUY2),
     'yuyv': (2, cv2.COLOR_YUV2RGB_YUY2),
 }
-SUPPORTED_RAW = tuple(_RAW)
+SUPPORTED_RAW = tuple(_RAW) + raw_formats.SUPPORTED  # the camera formats: raw_formats.py
 
 
 def check_raw(encoding: str, height: int, width: int, step: int, size: int) -> None:
     """Cheap checks of sensor_msgs/Image fields (no pixel is touched); raises ImageRejected."""
     enc = encoding.lower()
-    if enc not in _RAW:
+    if enc not in _RAW and enc not in raw_formats.FORMATS:
         raise ImageRejected('encoding', f'unsupported encoding {encoding!r} (supported: '
                             f"{', '.join(SUPPORTED_RAW)})")
     if height <= 0 or width <= 0:
         raise ImageRejected('size', f'empty image {width}x{height}')
+    if enc in raw_formats.FORMATS:
+        try:
+            return raw_formats.check(enc, height, width, step, size)
+        except raw_formats.FormatError as exc:
+            raise ImageRejected(exc.kind, str(exc)) from exc
     channels = _RAW[enc][0]
     if channels == 2 and width % 2:
         raise ImageRejected('size', f'{encoding} needs an even width (pixel pairs share '
@@ -53,10 +60,17 @@ def check_raw(encoding: str, height: int, width: int, step: int, size: int) -> N
                             f'{step * height} bytes, got {size}')
 
 
-def decode_raw(encoding: str, height: int, width: int, step: int, data) -> np.ndarray:
+def decode_raw(encoding: str, height: int, width: int, step: int, data, *,
+               is_bigendian: bool = False) -> np.ndarray:
     """sensor_msgs/Image fields -> contiguous RGB uint8 (H, W, 3)."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     check_raw(encoding, height, width, step, buffer.size)
+    if encoding.lower() in raw_formats.FORMATS:
+        try:
+            return raw_formats.decode(encoding, height, width, step, buffer,
+                                      is_bigendian=bool(is_bigendian))
+        except raw_formats.FormatError as exc:
+            raise ImageRejected(exc.kind, str(exc)) from exc
     channels, conversion = _RAW[encoding.lower()]
     image = buffer.reshape(height, step)[:, :width * channels].reshape(height, width, channels)
     if conversion is None:
@@ -113,4 +127,5 @@ def decode_message(msg, *, compressed: bool) -> np.ndarray:
     """A sensor_msgs Image / CompressedImage (rclpy or rosbags object) -> RGB uint8 (H, W, 3)."""
     if compressed:
         return decode_compressed(msg.format, msg.data)
-    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                      is_bigendian=bool(getattr(msg, 'is_bigendian', 0)))

@@ -58,6 +58,7 @@ class Prediction:
     window_start_ns: int  # oldest frame
     received_ns: int  # host clock when the newest frame was received
     timings: dict = field(default_factory=dict)  # seconds per stage of the newest frame
+    probs: tuple[float, ...] = ()  # calibrated probability of every label, in label order
 
 
 @dataclass
@@ -165,6 +166,8 @@ class Head:
         self.task = meta.task
         self.labels = meta.labels
         self.pairs = meta.symmetric_pairs if pairs is None else pairs
+        self.temperature = meta.temperature
+        self.background = meta.background
         self.counterpart: dict[str, str] = {}
         for a, b in self.pairs:
             self.counterpart[a] = b
@@ -271,7 +274,8 @@ class StreamingEngine:
         if self.config.order_check:
             window = torch.cat([window, window.flip(1)])  # (2, T, 1 + N, D): + reversed
         with torch.inference_mode():
-            probs = [h.module(window).float().softmax(dim=-1) for h in self.heads]
+            probs = [(h.module(window).float() / h.temperature).softmax(dim=-1)
+                     for h in self.heads]
         probs = [p.cpu().numpy() for p in probs]  # the one host sync per prediction
         t1 = time.perf_counter()
         out = [self._decide(head, p, stamp_ns, received_ns) for head, p in zip(self.heads, probs)]
@@ -304,7 +308,8 @@ class StreamingEngine:
             top_scores=tuple(float(forward[i]) for i in top[:k]), ambiguous=bool(reason),
             ambiguous_with=counterpart if reason else '', ambiguity_reason=reason,
             margin=margin, frames=self.ring.count, stamp_ns=stamp_ns,
-            window_start_ns=self.ring.oldest_stamp(), received_ns=received_ns)
+            window_start_ns=self.ring.oldest_stamp(), received_ns=received_ns,
+            probs=tuple(float(p) for p in forward))
 
 
 def _with_timings(prediction: Prediction, timings: dict) -> Prediction:

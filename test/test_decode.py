@@ -48,7 +48,7 @@ def test_row_padding_is_dropped():
 @pytest.mark.parametrize('args, kind, words', [
     (('16UC1', 2, 2, 4, bytes(8)), 'encoding', '16UC1'),
     (('32FC1', 2, 2, 8, bytes(16)), 'encoding', '32FC1'),
-    (('bayer_rggb8', 2, 2, 2, bytes(4)), 'encoding', 'bayer_rggb8'),
+    (('yuv411', 2, 4, 6, bytes(12)), 'encoding', 'yuv411'),
     (('rgb8', 2, 2, 6, bytes(11)), 'size', '12 bytes, got 11'),
     (('rgb8', 0, 2, 6, b''), 'size', 'empty'),
     (('rgb8', 2, 2, 4, bytes(8)), 'size', 'step 4'),

@@ -256,3 +256,18 @@ def test_slightly_late_frames_are_skipped_not_a_restart(backbone):
     assert engine.stats['resets'] == 0 and not engine.warming_up
     late = engine.push(_frames(1)[0], stamps[-1] - 900_000_000)  # 0.9 s behind the newest
     assert not late.sampled and not late.reset and not engine.warming_up
+
+
+def test_head_temperature_scales_the_logits_and_probs_cover_every_label(backbone):
+    import dataclasses
+
+    probs = np.array([0.6, 0.2, 0.1, 0.05, 0.05])
+    meta = dataclasses.replace(_meta(), temperature=2.0)
+    cfg = EngineConfig(num_frames=T, window_seconds=1.0, top_k=3)
+    engine = StreamingEngine(backbone, [Head(FixedProbs(probs), meta)], cfg)
+    out = [p for r in _run(engine, _frames(T), [BASE_NS + i * PERIOD_NS for i in range(T)])
+           for p in r.predictions]
+    expected = np.sqrt(probs) / np.sqrt(probs).sum()  # softmax(log(p) / 2)
+    assert len(out) == 1 and len(out[0].probs) == len(LABELS)
+    assert np.allclose(out[0].probs, expected, atol=1e-6), out[0].probs
+    assert math.isclose(out[0].confidence, expected[0], rel_tol=1e-5)
