@@ -27,6 +27,10 @@ MAX_DISORDER_NS = 1_000_000_000
 ORDER_MIN_SHIFT = 0.1
 
 
+class NonFiniteScores(RuntimeError):
+    """A head gave NaN / Inf scores for a window: no prediction is made from it."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     num_frames: int = 16  # T: frames in a window
@@ -202,7 +206,8 @@ class StreamingEngine:
                                 dim=backbone.info.embed_dim, device=backbone.device,
                                 dtype=backbone.dtype)
         self.sampled_since_full = 0
-        self.stats = dict(frames=0, sampled=0, backbone_frames=0, predictions=0, resets=0)
+        self.stats = dict(frames=0, sampled=0, backbone_frames=0, predictions=0, resets=0,
+                          non_finite=0)
 
     @property
     def warming_up(self) -> bool:
@@ -277,6 +282,13 @@ class StreamingEngine:
             probs = [(h.module(window).float() / h.temperature).softmax(dim=-1)
                      for h in self.heads]
         probs = [p.cpu().numpy() for p in probs]  # the one host sync per prediction
+        for head, p in zip(self.heads, probs):
+            if not np.isfinite(p).all():  # never hand a NaN confidence to a planner
+                self.stats['non_finite'] += 1
+                raise NonFiniteScores(
+                    f'head {head.task!r} gave non-finite scores (NaN / Inf) for the window '
+                    f'ending at stamp {stamp_ns} ns: no prediction; features or weights are '
+                    'broken (fp16 overflow?)')
         t1 = time.perf_counter()
         out = [self._decide(head, p, stamp_ns, received_ns) for head, p in zip(self.heads, probs)]
         t2 = time.perf_counter()

@@ -119,13 +119,24 @@ def test_node_exits_cleanly_on_sigint(perception):
     (['--params-file', str(REPO / 'config' / 'perception.yaml')],
      ['heads.checkpoints', '/opt/step_ros/models/heads/action.safetensors']),
     (['-p', 'num_frames:=0'], ['num_frames=0']),
+    (['-p', 'num_frame:=8'], ["unknown parameter(s) ['num_frame']"]),  # a typo, not ignored
+    (['-p', 'window_seconds:=.inf'], ['window_seconds=inf']),
+    (['-p', 'diagnostics_period:=1e-9'], ['diagnostics_period=1e-09']),
+    (['-p', "heads.topics:=['bad topic']"], ['heads.topics', "'bad topic'"]),
+    ('not yaml', ['parameters file', 'not valid YAML']),
 ])
-def test_bad_configuration_fails_at_start_up(tmp_path, env, args, words):
-    if 'num_frames:=0' in args:
+def test_bad_configuration_fails_at_start_up_with_one_line(tmp_path, env, args, words):
+    if args == 'not yaml':
+        bad = tmp_path / 'broken.yaml'
+        bad.write_text('/**:\n  ros__parameters:\n    num_frames: [8\n  top_k: }\n')
+        args, words = ['--params-file', str(bad)], [*words, str(bad)]
+    elif args[0] == '-p':
         args = ['--params-file', str(tiny_params(tmp_path)), *args]
     process = NodeProcess(args, env=env, log=tmp_path / 'node.log')
-    code = process.wait_exit(timeout=60)
+    code = process.wait_exit(timeout=90)
     output = process.output()
     assert code != 0, f'perception_node exited with 0:\n{output}'
-    assert 'FATAL' in output and all(w in output for w in words), output
+    fatal = [line for line in output.splitlines() if 'FATAL' in line]
+    assert len(fatal) == 1 and all(w in fatal[0] for w in words), output
     assert 'Traceback' not in output, output
+    assert len([line for line in output.splitlines() if line.strip()]) <= 2, output
