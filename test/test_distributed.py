@@ -144,3 +144,17 @@ def test_two_rank_ddp_training_matches_a_single_process(reference, tmp_path):
                 torch.testing.assert_close(got[d:2 * d], want[d:2 * d], atol=1e-3, rtol=0)
                 got, want = torch.cat([got[:d], got[2 * d:]]), torch.cat([want[:d], want[2 * d:]])
             torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_extract_bag_refuses_torchrun_ranks(monkeypatch, tmp_path, capsys):
+    from step_ros.tools import extract as extract_cli
+
+    for name, value in (('RANK', '0'), ('WORLD_SIZE', '2'), ('LOCAL_RANK', '0'),
+                        ('MASTER_ADDR', '127.0.0.1'), ('MASTER_PORT', '29500')):
+        monkeypatch.setenv(name, value)
+    code = extract_cli.main(['--bag', str(tmp_path / 'bag'), '--topic', '/camera/image_raw',
+                             '--config', str(tmp_path / 'params.yaml'), '--out',
+                             str(tmp_path / 'out')])
+    assert code == 2
+    assert '--bag does not split over torchrun ranks' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()

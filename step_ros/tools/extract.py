@@ -8,8 +8,9 @@ from pathlib import Path
 
 from step_ros.backbone import BackboneError, FrozenBackbone
 from step_ros.checkpoint import MAX_FRAMES
-from step_ros.distributed import session
+from step_ros.distributed import launched, session
 from step_ros.features import DataError, extract, read_clip_list
+from step_ros.tools import extract_bags
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -18,7 +19,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         'every clip of a CSV (path,label[,start,end]) and store the tokens as fp16 shards. '
         'Re-running on the same directory resumes. Under torchrun every rank encodes its share '
         'of the shards (docs/DISTRIBUTED.md).')
-    parser.add_argument('--clips', type=Path, required=True, help='clip list CSV')
+    parser.add_argument('--clips', type=Path, default=None,
+                        help='clip list CSV (or --bag: see below)')
     parser.add_argument('--pairs', type=Path, default=None,
                         help='pairs.yaml (default: pairs.yaml beside the CSV, if any)')
     parser.add_argument('--backbone', default='tiny',
@@ -31,11 +33,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
     parser.add_argument('--shard-size', type=int, default=64, help='clips per shard (64)')
     parser.add_argument('--out', type=Path, required=True, help='cache directory')
+    extract_bags.add_bag_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.bag:
+        if launched():  # N ranks would each write the whole cache into the same directory
+            print('extract: error: --bag does not split over torchrun ranks: start it as one '
+                  'plain process (python -m step_ros extract --bag ...)', file=sys.stderr)
+            return 2
+        return extract_bags.run(args, parser)
+    if args.clips is None:
+        print('extract: error: give --clips CSV or --bag BAG', file=sys.stderr)
+        return 2
     if not 1 <= args.frames <= MAX_FRAMES:
         print(f'extract: error: --frames {args.frames}: must be in [1, {MAX_FRAMES}]',
               file=sys.stderr)
