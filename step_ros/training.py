@@ -85,9 +85,10 @@ def predict(module: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64,
             reverse: bool = False) -> torch.Tensor:
     """Logits (clips, C) of a head over cached tokens (clips, T, 1+N, D); optionally reversed."""
     module.eval()
+    device = next(module.parameters()).device
     out = []
     for i in range(0, len(tokens), batch_size):
-        x = tokens[i:i + batch_size].float()  # (B, T, 1+N, D)
+        x = tokens[i:i + batch_size].float().to(device)  # (B, T, 1+N, D)
         if reverse:
             x = x.flip(1)  # frames last-to-first
         out.append(module(x).float())
@@ -182,15 +183,15 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
 
 def val_accuracy(module: nn.Module, val: FeatureCache, *, dist: Dist | None = None) -> float:
     """Accuracy on a validation cache; under torchrun each rank scores every W-th clip."""
-    device = next(module.parameters()).device
     if dist is None:
-        logits = predict(module, val.tokens.to(device)).cpu()
+        logits = predict(module, val.tokens).cpu()
         return float((logits.argmax(1) == val.targets).float().mean())
-    share = slice(dist.rank, None, dist.world_size)
-    tokens, targets = val.tokens[share], val.targets[share]
+    share = torch.arange(dist.rank, len(val.targets), dist.world_size)
     correct = 0
-    if len(tokens):
-        correct = int((predict(module, tokens.to(device)).argmax(1).cpu() == targets).sum())
+    for i in range(0, len(share), 64):  # gathered a batch at a time (caches may be views)
+        idx = share[i:i + 64]
+        correct += int((predict(module, val.tokens[idx]).argmax(1).cpu() == val.targets[idx])
+                       .sum())
     total = torch.tensor(dist.all_sum([correct])[0], dtype=torch.float32)
     return float(total / len(val.targets))  # float32, as the single process's mean()
 
