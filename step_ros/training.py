@@ -51,6 +51,7 @@ class TrainedHead:
     module: nn.Module
     config: HeadConfig
     log: list[dict]  # one entry per epoch
+    task: str | None = None  # the cache task it was trained on (None: the main `label` task)
 
 
 def lr_at(step: int, *, total: int, warmup: int) -> float:
@@ -95,26 +96,42 @@ def predict(module: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64,
     return torch.cat(out)
 
 
+def _val_targets(val: FeatureCache, task: str, labels: tuple[str, ...]) -> torch.Tensor:
+    """The validation cache's label ids of a task in the training labels (-1: unknown there)."""
+    val_labels, val_targets, _ = val.task(task)
+    mapping = torch.tensor([labels.index(n) if n in labels else -1 for n in val_labels])
+    return mapping[val_targets]
+
+
 def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: TrainConfig, *,
                 val: FeatureCache | None = None, progress: bool = True,
-                dist: Dist | None = None, device: str = 'cpu') -> list[TrainedHead]:
+                tasks: dict[str, str] | None = None, dist: Dist | None = None,
+                device: str = 'cpu') -> list[TrainedHead]:
     """Train every head on the same batches of `cache`; returns them in eval mode.
+
+    `tasks` maps a head name to the cache task it learns (see FeatureCache.task); heads it does
+    not name learn the main `label` task. Every task's heads see exactly the same batches.
 
     With `dist` (a torchrun process group), every head is wrapped in DistributedDataParallel and
     `config.batch_size` is the per-rank batch: each global batch of batch_size * world_size
     clips holds the same samples as a single process's batch of that size (see
-    distributed.rank_batches), and the logged metrics are sums over all ranks.
+    distributed.rank_batches), and the logged metrics are sums over all ranks; the heads train
+    on `dist.device`.
     """
     config.validate()
     if val is not None and val.labels != cache.labels:
         raise ValueError(f'{val.path}: labels {list(val.labels)} differ from the training '
                          f'cache {cache.path}: {list(cache.labels)}')
-    modules, optimisers = {}, {}
+    tasks = tasks or {}
+    modules, optimisers, targets, val_targets = {}, {}, {}, {}
     device = device if dist is None else dist.device
     for name, head_config in heads.items():
+        labels, targets[name], _ = cache.task(tasks.get(name, 'label'))
+        if val is not None:
+            val_targets[name] = _val_targets(val, tasks.get(name, 'label'), labels)
         torch.manual_seed(config.seed)  # every head starts from the same seed
         module = build_head(head_config, dim=cache.dim, num_frames=cache.num_frames,
-                            num_patches=cache.num_patches, num_classes=len(cache.labels))
+                            num_patches=cache.num_patches, num_classes=len(labels))
         modules[name] = module.to(device)
         optimisers[name] = torch.optim.AdamW(param_groups(module, config), lr=config.lr)
     models = modules if dist is None else {name: ddp(m, dist) for name, m in modules.items()}
@@ -139,12 +156,12 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
             batches = rank_batches(order, batch_size=config.batch_size, dist_=dist)
         for idx, weights, size in batches:
             x = cache.tokens[idx].float().to(device)  # (B, T, 1+N, D), read once for all heads
-            y = cache.targets[idx].to(device)
             factor = lr_at(step, total=total, warmup=warmup)
             for name, model in models.items():
                 optimiser = optimisers[name]
                 for group in optimiser.param_groups:
                     group['lr'] = config.lr * factor * group['lr_scale']
+                y = targets[name][idx].to(device)
                 logits = model(x)  # (B, C)
                 if weights is None:
                     loss = F.cross_entropy(logits, y)
@@ -172,28 +189,29 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
             entry = dict(epoch=epoch + 1, loss=sums[name][0] / n, train_acc=sums[name][1] / n,
                          lr=config.lr * lr_at(step - 1, total=total, warmup=warmup))
             if val is not None:
-                entry['val_acc'] = val_accuracy(module, val, dist=dist)
+                entry['val_acc'] = val_accuracy(module, val.tokens, val_targets[name],
+                                                dist=dist)
             logs[name].append(entry)
         bar.set_postfix({k: f"{v[-1].get('val_acc', v[-1]['train_acc']):.2f}"
                          for k, v in list(logs.items())[:4]})
     bar.close()
-    return [TrainedHead(name, modules[name].cpu().eval(), heads[name], logs[name])
-            for name in heads]
+    return [TrainedHead(name, modules[name].cpu().eval(), heads[name], logs[name],
+                        tasks.get(name)) for name in heads]
 
 
-def val_accuracy(module: nn.Module, val: FeatureCache, *, dist: Dist | None = None) -> float:
-    """Accuracy on a validation cache; under torchrun each rank scores every W-th clip."""
+def val_accuracy(module: nn.Module, tokens, targets: torch.Tensor, *,
+                 dist: Dist | None = None) -> float:
+    """Accuracy on validation tokens; under torchrun each rank scores every W-th clip."""
     if dist is None:
-        logits = predict(module, val.tokens).cpu()
-        return float((logits.argmax(1) == val.targets).float().mean())
-    share = torch.arange(dist.rank, len(val.targets), dist.world_size)
+        logits = predict(module, tokens).cpu()
+        return float((logits.argmax(1) == targets).float().mean())
+    share = torch.arange(dist.rank, len(targets), dist.world_size)
     correct = 0
     for i in range(0, len(share), 64):  # gathered a batch at a time (caches may be views)
         idx = share[i:i + 64]
-        correct += int((predict(module, val.tokens[idx]).argmax(1).cpu() == val.targets[idx])
-                       .sum())
+        correct += int((predict(module, tokens[idx]).argmax(1).cpu() == targets[idx]).sum())
     total = torch.tensor(dist.all_sum([correct])[0], dtype=torch.float32)
-    return float(total / len(val.targets))  # float32, as the single process's mean()
+    return float(total / len(targets))  # float32, as the single process's mean()
 
 
 def ddp(module: nn.Module, dist: Dist) -> nn.Module:
@@ -216,11 +234,13 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
         training = dict(preset=head.name, cache=cache.path, clips=len(cache.tokens),
                         config=asdict(config), params=count_trainable(head.module),
                         final={k: round(v, 4) for k, v in final.items()}, **(extra or {}))
-        meta = HeadMeta(task=task, labels=cache.labels, symmetric_pairs=cache.symmetric_pairs,
+        labels, _, pairs = cache.task(head.task or 'label')
+        meta = HeadMeta(task=head.task or task, labels=labels, symmetric_pairs=pairs,
                         head=head.config, num_frames=cache.num_frames, backbone=cache.backbone,
                         window_seconds=float(window), training=training)
         paths.append(save_head(out / f'{head.name}.safetensors', head.module, meta))
     resolved = dict(train=asdict(config), task=task, window_seconds=window, cache=cache.path,
+                    tasks={h.name: h.task or task for h in trained},
                     heads={h.name: h.config.to_dict() for h in trained}, **(extra or {}))
     (out / 'config.json').write_text(json.dumps(resolved, indent=2) + '\n')
     with (out / 'log.jsonl').open('w') as f:

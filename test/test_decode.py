@@ -133,7 +133,7 @@ def _jpeg_declaring(width: int, height: int) -> bytes:
     ('png', _png_declaring(12000, 12000), 'png declaring 12000x12000'),
     ('jpeg', _jpeg_declaring(30000, 30000), 'jpeg declaring 30000x30000'),
     ('jpeg', _jpeg_declaring(5000, 2401), 'jpeg declaring 5000x2401'),  # 1 pixel over
-])
+], ids=['png-12000x12000', 'jpeg-30000x30000', 'jpeg-just-over'])
 def test_bombs_are_refused_from_the_declared_size(fmt, data, words):
     with pytest.raises(ImageRejected) as info:
         decode_compressed(fmt, data, max_pixels=12_000_000)

@@ -33,7 +33,8 @@ def test_window_restart_and_rejected_frame_keep_results_coming(tmp_path, order):
         labels, actions, diagnostics = [], [], []
         node.create_subscription(ActionLabels, '/human_action/labels', labels.append,
                                  LATCHED_QOS)
-        node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
+        node.create_subscription(HumanAction, '/human_action', lambda m: actions.append(m)
+                                 if m.state != HumanAction.STATE_WARMING_UP else None, RESULT_QOS)
         node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append,
                                  RESULT_QOS)
         camera = node.create_publisher(Image, '/image', IMAGE_QOS['reliable'])

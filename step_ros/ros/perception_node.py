@@ -6,7 +6,9 @@ the worker, deactivate stops both (the model stays loaded), cleanup frees the mo
 
 The subscription callbacks only store the newest image of their input (raw, compressed) in a
 latest-wins slot; one worker thread decodes it, pushes it through the streaming engine (which
-samples by header stamp) and publishes the results. A slow model therefore drops frames and never
+samples by header stamp), feeds each head's raw prediction to that head's Decider (the ROS-free
+decision stage that bag-eval and the demo run too) and publishes both on `human_action`, the
+START / END events on `human_action/events`. A slow model therefore drops frames and never
 answers with stale ones. A watchdog in the diagnostics timer turns /diagnostics to ERROR when
 that worker died or is stuck.
 """
@@ -39,20 +41,25 @@ from rclpy.task import Future
 from rclpy.timer import Timer
 from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CompressedImage, Image
-from step_ros_msgs.msg import ActionLabels, HumanAction
+from std_msgs.msg import Header
+from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction
 
 from step_ros.backbone import BackboneError
 from step_ros.checkpoint import CheckpointError
 from step_ros.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
+from step_ros.decision import ActionEvent as Event
+from step_ros.decision import Decider
 from step_ros.decode import ImageRejected, check_message, decode_message
-from step_ros.engine import StreamingEngine
+from step_ros.engine import StepResult, StreamingEngine
 from step_ros.ros import diagnostics
 from step_ros.ros.conversions import (
     annotate,
+    event_to_msg,
     labels_msg,
     prediction_to_msg,
     rgb_to_image,
     stamp_to_ns,
+    warming_up_msg,
 )
 from step_ros.ros.logs import RateLimitedLog
 from step_ros.ros.worker import Worker
@@ -63,6 +70,10 @@ IMAGE_QOS = {
     'reliable': QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE),
 }
 RESULT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Events are rare and each one matters: reliable and deep, so that a busy planner misses none.
+# Volatile on purpose: a planner that starts late must not act on a START of long ago; the
+# current state is in every HumanAction (state, stable_label, stable_since).
+EVENT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # Late subscribers (planners started after the node) still receive the label lists.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -102,6 +113,9 @@ class PerceptionNode(LifecycleNode):
         self._image_topic = self.resolve_topic_name('image')
         self._compressed_topic = self.resolve_topic_name('image/compressed')
         self._outputs: dict[str, LifecyclePublisher] = {}
+        self._events: dict[str, LifecyclePublisher] = {}
+        self._deciders: dict[str, Decider] = {}  # per head (task): the decision state
+        self._frame_id = ''  # of the newest image, for events decided without one
         self._labels_publishers: list[Publisher] = []
         self._diagnostics: LifecyclePublisher | None = None
         self._debug: LifecyclePublisher | None = None
@@ -142,6 +156,12 @@ class PerceptionNode(LifecycleNode):
         for head, topic in zip(self.engine.heads, self.config.head_topics):
             self._outputs[head.task] = self.create_lifecycle_publisher(HumanAction, topic,
                                                                        RESULT_QOS)
+            self._events[head.task] = self.create_lifecycle_publisher(
+                ActionEvent, f'{topic}/events', EVENT_QOS)
+            self._deciders[head.task] = Decider(
+                task=head.task, labels=head.labels, background=head.background,
+                config=self.config.decision,
+                window_ns=round(self.config.engine.window_seconds * 1e9))
             # A plain publisher, published once here: the label list describes the loaded model
             # (configure to cleanup), not the activity, and transient-local keeps it for late
             # subscribers. A lifecycle publisher would republish it on every activation.
@@ -184,6 +204,7 @@ class PerceptionNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._end_actions()  # a planner must not wait for an END that would never come
         self.get_logger().info('inactive: input closed, model kept loaded')
         return super().on_deactivate(state)
 
@@ -194,6 +215,8 @@ class PerceptionNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        if state.label == 'active':
+            self._end_actions()
         self._release()
         self.get_logger().info(f'finalized (from {state.label}): exiting')
         self.finished.set_result(True)
@@ -232,14 +255,15 @@ class PerceptionNode(LifecycleNode):
 
     def _release(self) -> None:
         """Drop the model and the outputs (idempotent); the device memory goes back."""
-        for publisher in self._outputs.values():
+        for publisher in (*self._outputs.values(), *self._events.values()):
             self.destroy_lifecycle_publisher(publisher)
         for publisher in (self._diagnostics, self._debug):
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
         for publisher in self._labels_publishers:
             self.destroy_publisher(publisher)
-        self._outputs, self._labels_publishers = {}, []
+        self._outputs, self._events, self._labels_publishers = {}, {}, []
+        self._deciders = {}
         self._diagnostics = self._debug = None
         cuda = self.engine is not None and self.engine.backbone.device.type == 'cuda'
         self.engine = self.config = None
@@ -296,17 +320,48 @@ class PerceptionNode(LifecycleNode):
                               f'{self.stats.rejected[exc.kind]} so far): {exc}')
             return
         self.stats.count_processed()
+        self._frame_id = header.frame_id
         if result.reset:
             self._log.info('reset', 'header stamps went back or left a gap: window restarted')
+            self._end_actions()
         self._watch_gaps(stamp_ns, reset=result.reset)
-        for prediction in result.predictions:
-            latency_ns = time.monotonic_ns() - received_ns
-            self._outputs[prediction.task].publish(
-                prediction_to_msg(prediction, header=header, latency_ns=latency_ns))
-            self.stats.count_published(latency_ns)
+        self._publish_results(result, header=header, received_ns=received_ns)
         if self._debug is not None and result.predictions:
             self._debug.publish(rgb_to_image(annotate(result.frame, result.predictions),
                                              header=header))
+
+    def _publish_results(self, result: StepResult, *, header: Header, received_ns: int
+                         ) -> None:
+        """Each raw prediction through its head's Decider: HumanAction, then its events. While
+        the window fills, each sampled frame gives a warming_up HumanAction per head."""
+        for prediction in result.predictions:
+            decision = self._deciders[prediction.task].update(
+                probs=prediction.probs, stamp_ns=prediction.stamp_ns,
+                window_start_ns=prediction.window_start_ns, ambiguous=prediction.ambiguous)
+            latency_ns = time.monotonic_ns() - received_ns
+            self._outputs[prediction.task].publish(prediction_to_msg(
+                prediction, decision=decision, header=header, latency_ns=latency_ns))
+            self.stats.count_published(latency_ns)
+            self._publish_events(decision.events)
+        if result.sampled and self.engine.warming_up:
+            for task, decider in self._deciders.items():
+                self._outputs[task].publish(warming_up_msg(
+                    decider.warming_up(), task=task, frames=self.engine.buffered,
+                    window_start_ns=self.engine.ring.oldest_stamp(), header=header,
+                    latency_ns=time.monotonic_ns() - received_ns))
+
+    def _end_actions(self) -> None:
+        """The stream restarted or stops: every head's open action ends (END events)."""
+        for decider in self._deciders.values():
+            self._publish_events(decider.reset())
+
+    def _publish_events(self, events: tuple[Event, ...] | list[Event]) -> None:
+        for event in events:
+            self._events[event.task].publish(event_to_msg(event, frame_id=self._frame_id))
+            self.get_logger().info(
+                f'{event.task}: {event.kind.upper()} {event.label} at '
+                f'{event.stamp_ns / 1e9:.3f} (confidence {event.confidence:.2f}'
+                + (f', {event.duration_s:.2f} s)' if event.kind == 'end' else ')'))
 
     def _watch_gaps(self, stamp_ns: int, *, reset: bool) -> None:
         """Warn when every frame restarts the window: frames farther apart than the window."""
