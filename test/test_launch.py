@@ -29,6 +29,7 @@ from step_ros.ros.perception_node import RESULT_QOS  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix='step_ros_launch_'))
 T = 4
+WINDOW_S = 2.0  # the heads of tiny_params are made for 2 s windows
 CAMERA = '/launch_test/camera/image_raw'
 NODE = '/robot1/perception_node'
 ENV = ros_env()
@@ -40,7 +41,7 @@ def generate_test_description():
     for name in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE'):
         os.environ[name] = ENV[name]
     # The file asks for CUDA (absent here): only the device:= override lets the node start.
-    params = tiny_params(TMP, num_frames=T, window_seconds=1.0, device='cuda',
+    params = tiny_params(TMP, num_frames=T, window_seconds=WINDOW_S, device='cuda',
                          image_qos='reliable')
     perception = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(REPO / 'launch' / 'perception.launch.py')),
@@ -63,7 +64,7 @@ class TestPerceptionLaunch(unittest.TestCase):
             actions = []
             node.create_subscription(HumanAction, '/robot1/human_action', actions.append,
                                      RESULT_QOS)
-            camera = Camera(node, executor, CAMERA, period_ns=1_000_000_000 // T)
+            camera = Camera(node, executor, CAMERA, period_ns=int(WINDOW_S * 1e9) // T)
             assert spin_until(executor, lambda: camera.publisher.get_subscription_count() > 0,
                               timeout=30), f'nothing subscribes to {CAMERA}'
             for _ in range(T + 6):

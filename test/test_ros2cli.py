@@ -26,6 +26,7 @@ from step_ros_msgs.msg import HumanAction  # noqa: E402
 from step_ros.ros.perception_node import RESULT_QOS  # noqa: E402
 
 T = 4
+WINDOW_S = 2.0  # the heads of tiny_params are made for 2 s windows
 START_TIMEOUT = 240  # torch import and model build of a node on a loaded 2-core machine
 README = (REPO / 'README.md').read_text()
 
@@ -52,8 +53,15 @@ class Outputs:
     def __init__(self, node, executor, *, camera: str, actions: str) -> None:
         self.executor = executor
         self.actions: list = []
-        node.create_subscription(HumanAction, actions, self.actions.append, RESULT_QOS)
-        self.camera = Camera(node, executor, camera, period_ns=1_000_000_000 // T)
+        self.subscription = node.create_subscription(HumanAction, actions,
+                                                     self.actions.append, RESULT_QOS)
+        self.camera = Camera(node, executor, camera, period_ns=int(WINDOW_S * 1e9) // T)
+
+    def connected(self, timeout: float = 30.0) -> bool:
+        """Wait until the node subscribes to the camera and publishes to us (frames sent
+        before discovery matched them would be lost)."""
+        return spin_until(self.executor, lambda: self.camera.publisher.get_subscription_count()
+                          > 0 and self.subscription.get_publisher_count() > 0, timeout=timeout)
 
     def feed(self, count: int) -> int:
         """Publish `count` frames, spin 1 s more; how many actions arrived meanwhile."""
@@ -65,6 +73,7 @@ class Outputs:
 
     def feed_until(self, count: int, *, frames: int) -> bool:
         """Publish up to `frames` frames until `count` more actions arrived."""
+        assert self.connected(), 'the node and the test do not see each other'
         before = len(self.actions)
         for _ in range(frames):
             if len(self.actions) - before >= count:
@@ -76,7 +85,7 @@ class Outputs:
 
 def test_lifecycle_through_ros2_lifecycle_set(tmp_path, env):
     # The file says autostart: true; the launch argument autostart:=false overrides it.
-    params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable',
+    params = tiny_params(tmp_path, num_frames=T, window_seconds=WINDOW_S, image_qos='reliable',
                          autostart=True)
     launch = Background(['ros2', 'launch', 'step_ros', 'perception.launch.py',
                          'camera:=/lifecycle_test/image', f'params_file:={params}',
@@ -137,7 +146,7 @@ def test_lifecycle_through_ros2_lifecycle_set(tmp_path, env):
 
 
 def test_ros2_run_starts_the_console_script(tmp_path, env):
-    params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable')
+    params = tiny_params(tmp_path, num_frames=T, window_seconds=WINDOW_S, image_qos='reliable')
     run = Background(['ros2', 'run', 'step_ros', 'perception_node', '--ros-args',
                       '--params-file', str(params), '-r', 'image:=/run_test/image', '-r',
                       '__ns:=/run_test'], env=env, log=tmp_path / 'run.log')
@@ -183,7 +192,7 @@ def test_readme_robot_commands_run_verbatim(tmp_path, env):
     commands = readme_robot_commands()
     launch_line, echo, hz, lifecycle_get, param_get, interface_show = commands
     camera = re.search(r'camera:=(\S+)', launch_line).group(1)
-    params_file = re.search(r'params_file:=(\S+)', launch_line).group(1)
+    params_file = re.search(r'params_file:=((?:\$\([^)]*\)|\S)+)', launch_line).group(1)
     demo_num_frames = config_value(params_file, env, 'num_frames')
 
     def shell(command: str, name: str) -> Background:
@@ -197,6 +206,7 @@ def test_readme_robot_commands_run_verbatim(tmp_path, env):
         with ros_client(env, 'readme_client') as (node, executor):
             io = Outputs(node, executor, camera=camera, actions='/human_action')
             io.camera.period_ns = int(2e9) // demo_num_frames  # demo.yaml: 2 s windows
+            assert io.connected(), launch.output()
 
             echo_process = shell(echo, 'echo')
             running.append(echo_process)
