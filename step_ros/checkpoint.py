@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+import reprlib
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -16,6 +19,11 @@ from step_ros.heads import HeadConfig, build_head
 
 FORMAT = 'step_ros.head/1'
 METADATA_KEY = 'step_ros'
+# Bounds of the sizes metadata may declare (a ViT-B head has T=16, D=768, 224 px, patch 14).
+MAX_FRAMES = 1024
+MAX_DIM = 16384
+MAX_IMAGE = 4096
+MAX_BUFFER = 1 << 26  # values of non-stored buffers (256 MiB of fp32)
 
 
 class CheckpointError(RuntimeError):
@@ -34,6 +42,8 @@ class HeadMeta:
     backbone: dict  # BackboneInfo.to_dict() of the backbone the head was trained on
     window_seconds: float = 2.0  # clip duration the T training frames were spread over
     training: dict = field(default_factory=dict)  # free-form: data, epochs, accuracy, seed
+    temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature)
+    background: str | None = None  # the 'nothing is happening' label, if the head has one
 
     @property
     def feature_dim(self) -> int:
@@ -48,19 +58,45 @@ class HeadMeta:
             format=FORMAT, task=self.task, labels=list(self.labels),
             symmetric_pairs=[list(p) for p in self.symmetric_pairs], head=self.head.to_dict(),
             num_frames=self.num_frames, feature_dim=self.feature_dim,
-            backbone=self.backbone, window_seconds=self.window_seconds, training=self.training))
+            backbone=self.backbone, window_seconds=self.window_seconds, training=self.training,
+            temperature=self.temperature, background=self.background))
 
     @classmethod
     def from_json(cls, text: str) -> HeadMeta:
-        values = json.loads(text)
+        """Parse and check metadata; ValueError names the first field that is wrong."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'not JSON ({exc})') from exc
+        if not isinstance(values, dict):
+            raise ValueError(f'a JSON {type(values).__name__}, expected an object')
         if values.get('format') != FORMAT:
-            raise ValueError(f"format {values.get('format')!r}, expected {FORMAT!r}")
-        return cls(task=values['task'], labels=tuple(values['labels']),
-                   symmetric_pairs=tuple(tuple(p) for p in values['symmetric_pairs']),
-                   head=HeadConfig.from_dict(values['head']), num_frames=int(values['num_frames']),
-                   backbone=dict(values['backbone']),
-                   window_seconds=float(values['window_seconds']),
-                   training=dict(values.get('training', {})))
+            raise ValueError(f"format {_r(values.get('format'))}, expected {FORMAT!r}")
+        missing = [k for k in ('task', 'labels', 'symmetric_pairs', 'head', 'num_frames',
+                               'backbone', 'window_seconds') if k not in values]
+        if missing:
+            raise ValueError(f'missing fields {missing}')
+        task = values['task']
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError(f'task {_r(task)}: expected a non-empty string')
+        labels = validate_labels(values['labels'])
+        head = values['head']
+        if not isinstance(head, dict):
+            raise ValueError(f'head {_r(head)}: expected an object')
+        training = values.get('training', {})
+        if not isinstance(training, dict):
+            raise ValueError(f'training {_r(training)}: expected an object')
+        backbone = _backbone(values['backbone'])
+        config = HeadConfig.from_dict(head)
+        config.validate(dim=backbone['embed_dim'])
+        return cls(task=task, labels=labels,
+                   symmetric_pairs=validate_pairs(labels, values['symmetric_pairs']),
+                   head=config,
+                   num_frames=_integer('num_frames', values['num_frames'], low=1,
+                                       high=MAX_FRAMES),
+                   backbone=backbone,
+                   window_seconds=_seconds('window_seconds', values['window_seconds']),
+                   training=training, **_calibration(values, labels))
 
     def check_backbone(self, info: BackboneInfo, *, source: str) -> None:
         """Raise CheckpointError unless the head was trained on features of this backbone."""
@@ -78,26 +114,109 @@ class HeadMeta:
                 f'{info.fingerprint}: features differ; retrain the head on this backbone')
 
 
+def _calibration(values: dict, labels: tuple[str, ...]) -> dict:
+    """temperature and background; heads written before they existed get 1.0 and 'none'
+    (when that is one of their labels)."""
+    temperature = values.get('temperature', 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+            not math.isfinite(temperature) or not temperature > 0:
+        raise ValueError(f'temperature={_r(temperature)}: must be a finite number > 0')
+    background = values.get('background', 'none' if 'none' in labels else None)
+    if background is not None and background not in labels:
+        raise ValueError(f'background={_r(background)} is not one of the labels {list(labels)}')
+    return dict(temperature=float(temperature), background=background)
+
+
 def validate_pairs(labels: tuple[str, ...], pairs) -> tuple[tuple[str, str], ...]:
-    """Normalise symmetric pairs and check every name is a label."""
-    out = []
+    """Check symmetric pairs: a list of [a, b] of two different labels, each in one pair only.
+
+    Raises ValueError naming the offending entry.
+    """
+    if not isinstance(pairs, (list, tuple)):
+        raise ValueError(f'symmetric pairs {_r(pairs)}: expected a list of [a, b] pairs')
+    out, seen = [], {}
     for pair in pairs:
-        if len(pair) != 2 or pair[0] == pair[1]:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or \
+                not all(isinstance(name, str) for name in pair):
+            raise ValueError(f'symmetric pair {_r(pair)}: expected a list of two label names, '
+                             f'e.g. [pick_up, put_down]')
+        if pair[0] == pair[1]:
             raise ValueError(f'symmetric pair {list(pair)!r}: expected two different labels')
         for name in pair:
             if name not in labels:
                 raise ValueError(f'symmetric pair {list(pair)!r}: {name!r} is not a label; '
                                  f'labels are {list(labels)}')
-        out.append((str(pair[0]), str(pair[1])))
+            if name in seen:
+                raise ValueError(f'symmetric pair {list(pair)!r}: {name!r} is already paired '
+                                 f'in {list(seen[name])!r}; a label has one counterpart')
+            seen[name] = pair
+        out.append((pair[0], pair[1]))
     return tuple(out)
+
+
+def _r(value) -> str:
+    """A bounded repr: metadata may hold anything, the error line stays short."""
+    return reprlib.repr(value)
+
+
+def validate_labels(value) -> tuple[str, ...]:
+    """Check a label list: at least two distinct non-empty strings; ValueError otherwise."""
+    if not isinstance(value, list):
+        raise ValueError(f'labels {_r(value)}: expected a list of names')
+    bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ValueError(f'labels {_r(value)}: {bad[0]!r} is not a non-empty string')
+    duplicates = sorted(name for name, n in Counter(value).items() if n > 1)
+    if duplicates:
+        raise ValueError(f'labels {_r(value)}: {duplicates} appear more than once')
+    if len(value) < 2:
+        raise ValueError(f'labels {_r(value)}: a head needs at least 2 labels')
+    return tuple(value)
+
+
+def _integer(name: str, value, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f'{name} {_r(value)}: expected an integer in [{low}, {high}]')
+    return value
+
+
+def _seconds(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f'{name} {_r(value)}: expected a finite number of seconds > 0')
+    return float(value)
+
+
+def _backbone(value) -> dict:
+    """The backbone block: every BackboneInfo field, of its type, with sane sizes."""
+    if not isinstance(value, dict):
+        raise ValueError(f'backbone {_r(value)}: expected an object')
+    missing = [f.name for f in fields(BackboneInfo) if f.name not in value]
+    if missing:
+        raise ValueError(f'backbone lacks {missing}')
+    for key in ('id', 'family', 'fingerprint'):
+        if not isinstance(value[key], str) or not value[key]:
+            raise ValueError(f'backbone.{key} {_r(value[key])}: expected a non-empty string')
+    for key, high in (('embed_dim', MAX_DIM), ('patch_size', MAX_IMAGE),
+                      ('image_size', MAX_IMAGE)):
+        _integer(f'backbone.{key}', value[key], low=1, high=high)
+    if value['patch_size'] > value['image_size']:
+        raise ValueError(f"backbone.patch_size {value['patch_size']} is larger than "
+                         f"backbone.image_size {value['image_size']}")
+    return dict(value)
 
 
 def save_head(path: str | Path, module: nn.Module, meta: HeadMeta) -> Path:
     """Write the head's weights and metadata to one .safetensors file."""
     path = Path(path)
+    text = meta.to_json()
+    try:
+        HeadMeta.from_json(text)  # never write a checkpoint that load_head would refuse
+    except ValueError as exc:
+        raise CheckpointError(f'{path}: refusing to write invalid metadata: {exc}') from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in module.state_dict().items()}
-    save_file(tensors, str(path), metadata={METADATA_KEY: meta.to_json()})
+    save_file(tensors, str(path), metadata={METADATA_KEY: text})
     return path
 
 
@@ -122,19 +241,58 @@ def read_meta(path: str | Path) -> HeadMeta:
 
 def load_head(path: str | Path, *, device: torch.device | str = 'cpu',
               dtype: torch.dtype = torch.float32) -> tuple[nn.Module, HeadMeta]:
-    """Rebuild a head from its checkpoint, in eval mode, on `device`."""
+    """Rebuild a head from its checkpoint, in eval mode, on `device`.
+
+    The module is first built without memory (meta device) and its tensor shapes compared
+    with the file's, so metadata declaring a huge head fails before anything is allocated;
+    weights must be finite floating-point tensors.
+    """
     path = Path(path)
     meta = read_meta(path)
+
+    def build() -> nn.Module:
+        return build_head(meta.head, dim=meta.feature_dim, num_frames=meta.num_frames,
+                          num_patches=meta.num_patches, num_classes=len(meta.labels))
+
     try:
-        module = build_head(meta.head, dim=meta.feature_dim, num_frames=meta.num_frames,
-                            num_patches=meta.num_patches, num_classes=len(meta.labels))
+        with torch.device('meta'):
+            skeleton = build()
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        fixed = sum(b.numel() for b in skeleton.buffers())  # e.g. sinusoidal tables, not stored
+        if fixed > MAX_BUFFER:
+            raise CheckpointError(f'{path}: the recorded head config needs {fixed} fixed '
+                                  f'buffer values (more than {MAX_BUFFER}): refused')
         with safe_open(str(path), framework='pt') as f:
+            stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            if stored != expected:
+                raise CheckpointError(f'{path}: weights do not match the recorded head config: '
+                                      f'{_shape_difference(stored, expected)}')
             state = {key: f.get_tensor(key) for key in f.keys()}
-        module.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f'{path}: weights do not match the recorded head config: '
                               f'{exc}') from exc
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise CheckpointError(f'{path}: tensor {key!r} is {tensor.dtype}, expected '
+                                  'floating point weights')
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f'{path}: tensor {key!r} holds {bad} non-finite values '
+                                  '(NaN or Inf): the head is broken; retrain or re-export it')
+    module = build()
+    module.load_state_dict(state, strict=True)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False), meta
+
+
+def _shape_difference(stored: dict, expected: dict) -> str:
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        return f'missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}'
+    key = next(k for k in sorted(expected) if stored[k] != expected[k])
+    return f'tensor {key!r} has shape {list(stored[key])}, the config needs {list(expected[key])}'
 
 
 def _check_file(path: Path) -> None:

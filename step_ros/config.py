@@ -7,12 +7,13 @@ Defaults equal `config/perception.yaml`, the real deployment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from step_ros.decision import DecisionConfig
 from step_ros.engine import EngineConfig
 
 NODE_NAME = 'perception_node'
@@ -65,6 +66,19 @@ PARAMETERS: tuple[Param, ...] = (
     Param('autostart', True,
           'Configure and activate the lifecycle node at start-up; false: stay unconfigured '
           'until a lifecycle manager (nav2_lifecycle_manager, `ros2 lifecycle set`) says so.'),
+    Param('decision.smoothing_seconds', DecisionConfig.smoothing_seconds,
+          'Decision stage: time constant (s of header time) of the moving average over the '
+          'head probabilities; 0 turns smoothing off.'),
+    Param('decision.enter_threshold', DecisionConfig.enter_threshold,
+          'Decision stage: smoothed probability a label needs to become a candidate action.'),
+    Param('decision.exit_threshold', DecisionConfig.exit_threshold,
+          'Decision stage: the active action ends when its smoothed probability drops below '
+          'this (<= enter_threshold: hysteresis).'),
+    Param('decision.min_dwell_seconds', DecisionConfig.min_dwell_seconds,
+          'Decision stage: seconds a candidate must hold before its START event.'),
+    Param('decision.min_confidence', DecisionConfig.min_confidence,
+          "Decision stage: with no action active, a top-1 probability (raw or smoothed) below "
+          "this is state 'uncertain' and starts nothing."),
 )
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
 
@@ -83,6 +97,7 @@ class PerceptionConfig:
     subscribe_compressed: bool
     debug_image: bool
     diagnostics_period: float
+    decision: DecisionConfig = DecisionConfig()
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> PerceptionConfig:
@@ -136,11 +151,18 @@ class PerceptionConfig:
                               infer_every=v['infer_every'], top_k=v['top_k'],
                               ambiguity_margin=v['ambiguity_margin'],
                               order_check=v['order_check'])
+        decision = DecisionConfig(**{f.name: v[f'decision.{f.name}']
+                                     for f in fields(DecisionConfig)})
+        try:
+            decision.validate()
+        except ValueError as exc:
+            raise ConfigError(f'decision.{exc}') from None
         return cls(backbone_weights=weights, image_size=v['backbone.image_size'],
                    device=v['device'], precision=v['precision'], head_checkpoints=checkpoints,
                    head_topics=topics, engine=engine, symmetric_pairs=pairs,
                    image_qos=v['image_qos'], subscribe_compressed=v['subscribe_compressed'],
-                   debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'])
+                   debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'],
+                   decision=decision)
 
 
 def _typed(param: Param, value: Any) -> Any:

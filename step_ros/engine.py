@@ -27,6 +27,10 @@ MAX_DISORDER_NS = 1_000_000_000
 ORDER_MIN_SHIFT = 0.1
 
 
+class NonFiniteScores(RuntimeError):
+    """A head gave NaN / Inf scores for a window: no prediction is made from it."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     num_frames: int = 16  # T: frames in a window
@@ -58,6 +62,7 @@ class Prediction:
     window_start_ns: int  # oldest frame
     received_ns: int  # host clock when the newest frame was received
     timings: dict = field(default_factory=dict)  # seconds per stage of the newest frame
+    probs: tuple[float, ...] = ()  # calibrated probability of every label, in label order
 
 
 @dataclass
@@ -165,6 +170,8 @@ class Head:
         self.task = meta.task
         self.labels = meta.labels
         self.pairs = meta.symmetric_pairs if pairs is None else pairs
+        self.temperature = meta.temperature
+        self.background = meta.background
         self.counterpart: dict[str, str] = {}
         for a, b in self.pairs:
             self.counterpart[a] = b
@@ -199,7 +206,8 @@ class StreamingEngine:
                                 dim=backbone.info.embed_dim, device=backbone.device,
                                 dtype=backbone.dtype)
         self.sampled_since_full = 0
-        self.stats = dict(frames=0, sampled=0, backbone_frames=0, predictions=0, resets=0)
+        self.stats = dict(frames=0, sampled=0, backbone_frames=0, predictions=0, resets=0,
+                          non_finite=0)
 
     @property
     def warming_up(self) -> bool:
@@ -271,8 +279,16 @@ class StreamingEngine:
         if self.config.order_check:
             window = torch.cat([window, window.flip(1)])  # (2, T, 1 + N, D): + reversed
         with torch.inference_mode():
-            probs = [h.module(window).float().softmax(dim=-1) for h in self.heads]
+            probs = [(h.module(window).float() / h.temperature).softmax(dim=-1)
+                     for h in self.heads]
         probs = [p.cpu().numpy() for p in probs]  # the one host sync per prediction
+        for head, p in zip(self.heads, probs):
+            if not np.isfinite(p).all():  # never hand a NaN confidence to a planner
+                self.stats['non_finite'] += 1
+                raise NonFiniteScores(
+                    f'head {head.task!r} gave non-finite scores (NaN / Inf) for the window '
+                    f'ending at stamp {stamp_ns} ns: no prediction; features or weights are '
+                    'broken (fp16 overflow?)')
         t1 = time.perf_counter()
         out = [self._decide(head, p, stamp_ns, received_ns) for head, p in zip(self.heads, probs)]
         t2 = time.perf_counter()
@@ -304,7 +320,8 @@ class StreamingEngine:
             top_scores=tuple(float(forward[i]) for i in top[:k]), ambiguous=bool(reason),
             ambiguous_with=counterpart if reason else '', ambiguity_reason=reason,
             margin=margin, frames=self.ring.count, stamp_ns=stamp_ns,
-            window_start_ns=self.ring.oldest_stamp(), received_ns=received_ns)
+            window_start_ns=self.ring.oldest_stamp(), received_ns=received_ns,
+            probs=tuple(float(p) for p in forward))
 
 
 def _with_timings(prediction: Prediction, timings: dict) -> Prediction:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import validate_pairs
+from step_ros.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
 
 FORMAT = 'step_ros.features/1'
 INDEX = 'index.json'
@@ -52,9 +53,12 @@ def _float(value: str, *, where: str) -> float | None:
     if value is None or value.strip() == '':
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError as exc:
         raise DataError(f'{where}: {value!r} is not a number of seconds') from exc
+    if not math.isfinite(seconds) or seconds < 0:
+        raise DataError(f'{where}: {value!r} is not a finite number of seconds >= 0')
+    return seconds
 
 
 def read_pairs(path: Path) -> tuple[tuple[str, ...] | None, list]:
@@ -69,7 +73,12 @@ def read_pairs(path: Path) -> tuple[tuple[str, ...] | None, list]:
     if unknown:
         raise DataError(f'{path}: unknown keys {unknown}; known: labels, symmetric_pairs')
     labels = values.get('labels')
-    return (tuple(str(v) for v in labels) if labels else None), values.get('symmetric_pairs', [])
+    if labels is not None:
+        try:
+            labels = validate_labels(labels)
+        except ValueError as exc:
+            raise DataError(f'{path}: {exc}') from exc
+    return labels, values.get('symmetric_pairs', [])
 
 
 def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None) -> ClipList:
@@ -140,34 +149,53 @@ def read_frames(clip: Clip, num_frames: int) -> tuple[np.ndarray, float]:
 
     Only the sampled frames are converted and kept: the others are grabbed and skipped, so a
     long video with start/end seconds costs no memory. Containers that report no usable frame
-    count are decoded whole instead.
+    count are counted by a first pass (nothing kept), then read like the others.
     """
     capture = _open(clip)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     try:
         if count > 0:
+            check_span(clip, count=count, fps=fps)
             index = sample_indices(count, num_frames, fps=fps, start=clip.start, end=clip.end)
             kept = _grab(capture, index)
             if kept is not None:
                 return kept, node_window(index, fps)
     finally:
         capture.release()
-    capture = _open(clip)  # the reported frame count was wrong: decode everything
-    frames = []
+    capture = _open(clip)  # the reported frame count was wrong: count the frames first
     try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
+        count = 0
+        while capture.grab():
+            count += 1
     finally:
         capture.release()
-    if not frames:
+    if not count:
         raise DataError(f'{clip.path}: no frame could be decoded (unreadable or empty video)')
-    index = sample_indices(len(frames), num_frames, fps=fps, start=clip.start, end=clip.end)
-    picked = np.stack([cv2.cvtColor(frames[i], cv2.COLOR_BGR2RGB) for i in index])
-    return picked, node_window(index, fps)
+    check_span(clip, count=count, fps=fps)
+    index = sample_indices(count, num_frames, fps=fps, start=clip.start, end=clip.end)
+    capture = _open(clip)
+    try:
+        kept = _grab(capture, index)
+    finally:
+        capture.release()
+    if kept is None:
+        raise DataError(f'{clip.path}: the video ended before frame {index[-1]} while reading '
+                        f'the {count} frames it has (unreadable or changing file)')
+    return kept, node_window(index, fps)
+
+
+def check_span(clip: Clip, *, count: int, fps: float) -> None:
+    """Refuse start / end seconds outside a video of `count` frames (they would repeat its
+    last frame)."""
+    duration = count / fps
+    slack = 1.0 / fps  # end may name the end of the last frame, rounded
+    if clip.start is not None and clip.start >= duration:
+        raise DataError(f'{clip.path}: start {clip.start} s is not inside the video '
+                        f'({count} frames at {fps:g} fps: {duration:.3f} s)')
+    if clip.end is not None and clip.end > duration + slack:
+        raise DataError(f'{clip.path}: end {clip.end} s is beyond the end of the video '
+                        f'({count} frames at {fps:g} fps: {duration:.3f} s)')
 
 
 def node_window(index: np.ndarray, fps: float) -> float:
@@ -202,6 +230,70 @@ def _grab(capture: cv2.VideoCapture, index: list[int]) -> np.ndarray | None:
     return np.stack([kept[i] for i in index])
 
 
+ENCODE_CHUNK = 64  # frames per backbone pass in extract: bounds the activations of a long T
+
+
+def _encode(backbone: FrozenBackbone, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (F, H, W, 3) -> fp16 tokens (F, 1+N, D) on the host, ENCODE_CHUNK at a time."""
+    return torch.cat([backbone(frames[i:i + ENCODE_CHUNK]).to('cpu', torch.float16)
+                      for i in range(0, len(frames), ENCODE_CHUNK)])
+
+
+def estimate_bytes(*, height: int, width: int, tokens: int, dim: int, num_frames: int,
+                   shard_size: int, batch_clips: int) -> int:
+    """Host memory extract holds at its peak: a shard of fp16 tokens, plus the decoded uint8
+    frames, their float copies and fp32 tokens of one batch of clips."""
+    frame = height * width * 3
+    per_frame = frame + 4 * frame + 4 * tokens * dim  # uint8, float preprocessing, fp32 output
+    return num_frames * (shard_size * tokens * dim * 2 + batch_clips * per_frame)
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else None."""
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(clip: Clip, backbone: FrozenBackbone, *, num_frames: int, shard_size: int,
+                 batch_clips: int) -> int:
+    """Estimate extract's peak host memory from the first clip's frame size; refuse (DataError)
+    when it exceeds 80 % of the available memory. Returns the estimate in bytes."""
+    capture = _open(clip)
+    try:
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        capture.release()
+    need = estimate_bytes(height=max(height, 1), width=max(width, 1),
+                          tokens=backbone.tokens_per_frame, dim=backbone.info.embed_dim,
+                          num_frames=num_frames, shard_size=shard_size,
+                          batch_clips=batch_clips)
+    free = available_bytes()
+    if free is not None and need > 0.8 * free:
+        raise DataError(f'extract of {num_frames} frames per clip ({width}x{height} video, '
+                        f'shards of {shard_size} clips) needs about {need / 2**30:.1f} GiB, '
+                        f'more than 80 % of the {free / 2**30:.1f} GiB available: lower '
+                        '--frames or --shard-size')
+    return need
+
+
+def _read_index(index_path: Path) -> dict:
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f'{index_path}: damaged cache index ({exc}); delete the cache '
+                        'directory and extract again') from exc
+    if not isinstance(index, dict):
+        raise DataError(f'{index_path}: damaged cache index (a JSON {type(index).__name__}, '
+                        'expected an object); delete the cache directory and extract again')
+    return index
+
+
 def _write_json(path: Path, values: dict) -> None:
     tmp = path.with_suffix('.tmp')
     tmp.write_text(json.dumps(values, indent=1) + '\n')
@@ -211,6 +303,11 @@ def _write_json(path: Path, values: dict) -> None:
 def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, out: str | Path,
             shard_size: int = 64, batch_clips: int = 8, progress: bool = True) -> Path:
     """Encode every clip's T frames once; resumes a matching partial cache in `out`."""
+    if not 1 <= num_frames <= MAX_FRAMES:
+        raise DataError(f'num_frames={num_frames}: must be in [1, {MAX_FRAMES}] (a head takes '
+                        f'at most {MAX_FRAMES} frames)')
+    check_memory(clip_list.clips[0], backbone, num_frames=num_frames,
+                 shard_size=min(shard_size, len(clip_list.clips)), batch_clips=batch_clips)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clips = [asdict(c) for c in clip_list.clips]
@@ -220,7 +317,7 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
                  source=clip_list.source, clips=clips, spans=[], shards=[])
     index_path = out / INDEX
     if index_path.is_file():
-        old = json.loads(index_path.read_text())
+        old = _read_index(index_path)
         same = all(old.get(k) == index[k] for k in ('format', 'backbone', 'num_frames', 'clips'))
         if not same:
             raise DataError(f'{out}: holds a cache of other clips, backbone or T; use an empty '
@@ -237,13 +334,12 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
         tokens, spans = [], []
         for i in range(0, len(chunk), batch_clips):
             batch = [read_frames(c, num_frames) for c in chunk[i:i + batch_clips]]
-            frames = np.concatenate([f for f, _ in batch])  # (b*T, H, W, 3)
             if len({f.shape for f, _ in batch}) > 1:  # clips of different sizes: one at a time
-                encoded = torch.cat([backbone(f) for f, _ in batch])
+                encoded = torch.cat([_encode(backbone, f) for f, _ in batch])
             else:
-                encoded = backbone(frames)  # (b*T, 1+N, D)
-            tokens.append(encoded.to('cpu', torch.float16).reshape(
-                len(batch), num_frames, *encoded.shape[1:]))  # (b, T, 1+N, D)
+                encoded = _encode(backbone, np.concatenate([f for f, _ in batch]))
+            tokens.append(encoded.reshape(len(batch), num_frames,
+                                          *encoded.shape[1:]))  # (b, T, 1+N, D)
             spans += [s for _, s in batch]
             bar.update(len(batch))
         name = f'shard_{len(index["shards"]):05d}.safetensors'
@@ -269,25 +365,34 @@ class FeatureCache:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureCache:
+        """Read a cache; DataError names index.json or the shard that is damaged."""
         path = Path(path)
         index_path = path / INDEX
         if not index_path.is_file():
             raise DataError(f'{path}: not a feature cache (no {INDEX}); run '
                             '`python -m step_ros extract` first')
-        index = json.loads(index_path.read_text())
+        index = _read_index(index_path)
         if index.get('format') != FORMAT:
             raise DataError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
-        done = sum(s['count'] for s in index['shards'])
-        if done != len(index['clips']) or not done:
-            raise DataError(f'{path}: incomplete cache ({done}/{len(index["clips"])} clips); '
+        try:
+            labels, pairs, clips, shards, spans, num_frames = _check_index(index)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f'{index_path}: damaged cache index: {exc}; delete the cache '
+                            'directory and extract again') from exc
+        done = sum(s['count'] for s in shards)
+        if done != len(clips) or not done:
+            raise DataError(f'{path}: incomplete cache ({done}/{len(clips)} clips); '
                             'run extract again to finish it')
-        tokens = torch.cat([load_file(str(path / s['file']))['tokens'] for s in index['shards']])
-        labels = tuple(index['labels'])
-        targets = torch.tensor([labels.index(c['label']) for c in index['clips']])
-        return cls(tokens=tokens, targets=targets, labels=labels,
-                   symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
-                   backbone=index['backbone'], num_frames=int(index['num_frames']),
-                   window_seconds=float(np.median(index['spans'])), path=str(path))
+        parts = [_load_shard(path, s, num_frames=num_frames) for s in shards]
+        for shard, part in zip(shards, parts):
+            if part.shape[1:] != parts[0].shape[1:]:
+                raise DataError(f"{path / shard['file']}: tokens of shape {list(part.shape)} "
+                                f"do not match {list(parts[0].shape)} of {shards[0]['file']}")
+        tokens = torch.cat(parts)
+        targets = torch.tensor([labels.index(c['label']) for c in clips])
+        return cls(tokens=tokens, targets=targets, labels=labels, symmetric_pairs=pairs,
+                   backbone=index['backbone'], num_frames=num_frames,
+                   window_seconds=float(np.median(spans)), path=str(path))
 
     @property
     def num_patches(self) -> int:
@@ -296,3 +401,54 @@ class FeatureCache:
     @property
     def dim(self) -> int:
         return self.tokens.shape[3]
+
+
+def _check_index(index: dict) -> tuple:
+    """The parts of a cache index FeatureCache needs, checked; ValueError / KeyError says which."""
+    labels = validate_labels(index['labels'])
+    pairs = validate_pairs(labels, index['symmetric_pairs'])
+    num_frames = index['num_frames']
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or \
+            not 1 <= num_frames <= MAX_FRAMES:
+        raise ValueError(f'num_frames {num_frames!r}: expected an integer in [1, {MAX_FRAMES}]')
+    if not isinstance(index['backbone'], dict):
+        raise ValueError('backbone: expected an object')
+    clips, shards, spans = index['clips'], index['shards'], index['spans']
+    if not all(isinstance(v, list) for v in (clips, shards, spans)):
+        raise ValueError('clips, shards and spans must be lists')
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, dict) or clip.get('label') not in labels:
+            raise ValueError(f'clip {i} {str(clip)[:120]}: no label of {list(labels)}')
+    for shard in shards:
+        if not isinstance(shard, dict) or not isinstance(shard.get('file'), str) or \
+                Path(shard['file']).name != shard['file'] or \
+                isinstance(shard.get('count'), bool) or not isinstance(shard.get('count'), int) \
+                or shard['count'] < 1:
+            raise ValueError(f'shard entry {str(shard)[:120]}: expected {{file: name, count: n}}')
+    extracted = sum(shard['count'] for shard in shards)
+    if len(spans) != extracted or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in spans):
+        raise ValueError(f'spans: expected one finite window > 0 per extracted clip '
+                         f'({extracted}), got {len(spans)}')
+    return labels, pairs, clips, shards, spans, num_frames
+
+
+def _load_shard(path: Path, shard: dict, *, num_frames: int) -> torch.Tensor:
+    """One shard's tokens (count, T, 1+N, D), checked against its index entry."""
+    file = path / shard['file']
+    try:
+        tokens = load_file(str(file))['tokens']
+    except FileNotFoundError as exc:
+        raise DataError(f'{file}: shard listed in {path / INDEX} is missing; extract '
+                        'again') from exc
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise DataError(f'{file}: damaged shard ({type(exc).__name__}: {exc}); delete it and '
+                        f'its entry in {INDEX}, or extract again') from exc
+    if tokens.ndim != 4 or tokens.shape[0] != shard['count'] or tokens.shape[1] != num_frames \
+            or tokens.shape[2] < 2:
+        raise DataError(f'{file}: tokens of shape {list(tokens.shape)}, but {path / INDEX} '
+                        f'says {shard["count"]} clips x {num_frames} frames')
+    if not tokens.is_floating_point() or not bool(torch.isfinite(tokens).all()):
+        raise DataError(f'{file}: tokens are not finite floats ({tokens.dtype}); extract again')
+    return tokens

@@ -48,6 +48,8 @@ class HeadConfig:
         if self.num_heads < 1 or dim % self.num_heads:
             raise ValueError(f'head.num_heads={self.num_heads}: must divide the feature '
                              f'dimension {dim}')
+        if not self.mlp_ratio > 0:
+            raise ValueError(f'head.mlp_ratio={self.mlp_ratio}: must be > 0')
         if self.kind == 'step' and self.pool == 'cls' and not self.global_cls:
             raise ValueError("head.pool='cls' needs head.global_cls=true")
 
@@ -60,7 +62,20 @@ class HeadConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f'unknown head config keys {unknown}; known: {sorted(known)}')
+        for f in fields(cls):
+            if f.name in values and not _of_type(values[f.name], type(f.default)):
+                raise ValueError(f'head.{f.name}={values[f.name]!r}: expected '
+                                 f'{type(f.default).__name__}')
         return cls(**values)
+
+
+def _of_type(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 _STEP = HeadConfig()

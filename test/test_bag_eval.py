@@ -116,6 +116,18 @@ def test_relative_timeline(setup, tmp_path):
     assert all(int(r['stamp'].replace('.', '')) - START_NS < 2_500_000_000 for r in labelled)
 
 
+def test_a_timeline_that_scores_nothing_fails(setup, tmp_path, capsys):
+    labels = tmp_path / 'relative.csv'
+    labels.write_text('start,end,label\n0,1,wave\n1,2.5,stir\n')
+    # Seconds from the first image, but without --relative: they lie decades before the bag.
+    assert run(setup, 'unscored', labels=labels) == 2
+    line = one_error_line(capsys)
+    assert 'nothing was scored: none of the 21 predictions' in line, line
+    assert '0.000000000-2.500000000 s' in line and '--relative' in line, line
+    report = json.loads((setup[0] / 'unscored' / 'report.json').read_text())
+    assert report['at_stamp']['n'] == 0 and report['predictions'] == 21, report
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('bag-eval: error: '), err

@@ -107,3 +107,24 @@ def test_a_window_unlike_the_heads_training_window_is_warned_about(tmp_path, cap
     assert bool(messages) == warned, messages
     if warned:
         assert 'window_seconds=1.0' in messages[0] and '2 s windows' in messages[0], messages
+
+
+def test_decision_parameters_build_the_decision_config(valid):
+    from step_ros.decision import DecisionConfig
+
+    assert PerceptionConfig.from_params(valid).decision == DecisionConfig()
+    config = PerceptionConfig.from_params({**valid, 'decision.smoothing_seconds': 0,
+                                           'decision.min_dwell_seconds': 1.5})
+    assert config.decision.smoothing_seconds == 0.0 and config.decision.min_dwell_seconds == 1.5
+
+
+@pytest.mark.parametrize('name, value', [
+    ('decision.smoothing_seconds', -0.5), ('decision.enter_threshold', 1.2),
+    ('decision.exit_threshold', 0.9), ('decision.min_dwell_seconds', -1.0),
+    ('decision.min_confidence', 'high')])
+def test_bad_decision_value_is_one_line_naming_it(valid, name, value):
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params({**valid, name: value})
+    message = str(info.value)
+    assert f'{name}={value!r}' in message or f'{name}={value}' in message, message
+    assert '\n' not in message

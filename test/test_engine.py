@@ -10,7 +10,7 @@ from torch import nn
 
 from step_ros.backbone import FrozenBackbone
 from step_ros.checkpoint import HeadMeta, load_head
-from step_ros.engine import EngineConfig, Head, StampSampler, StreamingEngine
+from step_ros.engine import EngineConfig, Head, NonFiniteScores, StampSampler, StreamingEngine
 from step_ros.heads import PRESETS
 
 T = 4
@@ -193,7 +193,12 @@ def test_order_check_flags_order_blind_predictions(backbone):
     ramp = [np.full((48, 64, 3), 40 + 50 * i, dtype=np.uint8) for i in range(T)]
     grounded = _engine(backbone, OrderSensitive(), order_check=True)
     p = _run(grounded, ramp, stamps)[-1].predictions[0]
-    assert p.label in ('pick_up', 'put_down') and p.confidence > 0.9, p
+    # The label the head gives the frames in their true order (oldest first), and not the
+    # other one of the pair: a window handed over newest first would flip it.
+    expected = LABELS[int(OrderSensitive()(backbone(np.stack(ramp))[None]).argmax())]
+    backwards = LABELS[int(OrderSensitive()(backbone(np.stack(ramp[::-1]))[None]).argmax())]
+    assert {expected, backwards} == {'pick_up', 'put_down'}, (expected, backwards)
+    assert p.label == expected and p.confidence > 0.9, (expected, p)
     assert not p.ambiguous and p.ambiguity_reason == '', p
     off = _engine(backbone, FixedProbs([0.9, 0.04, 0.02, 0.02, 0.02]), order_check=False)
     assert not _run(off, _frames(T), stamps)[-1].predictions[0].ambiguous
@@ -256,3 +261,53 @@ def test_slightly_late_frames_are_skipped_not_a_restart(backbone):
     assert engine.stats['resets'] == 0 and not engine.warming_up
     late = engine.push(_frames(1)[0], stamps[-1] - 900_000_000)  # 0.9 s behind the newest
     assert not late.sampled and not late.reset and not engine.warming_up
+
+
+def test_the_ring_hands_the_heads_its_frames_oldest_first(backbone):
+    engine = _engine(backbone)
+    frames = _frames(T + 3, seed=5)  # the ring wraps: its write position is not 0
+    _run(engine, frames, [BASE_NS + i * PERIOD_NS for i in range(T + 3)])
+    assert engine.ring.next != 0
+    expected = backbone(np.stack(frames[-T:]))  # (T, 1 + N, D), oldest first
+    assert torch.allclose(engine.ring.window(), expected, atol=1e-5), \
+        'ring window is not the last T frames, oldest first'
+    assert engine.ring.oldest_stamp() == BASE_NS + 3 * PERIOD_NS
+
+
+def test_top_k_of_one_gives_exactly_one_label(backbone):
+    engine = _engine(backbone, FixedProbs([0.1, 0.05, 0.5, 0.15, 0.2]), top_k=1)
+    p = _run(engine, _frames(T), [BASE_NS + i * PERIOD_NS for i in range(T)])[-1].predictions[0]
+    assert p.top_labels == ('open_drawer',) and len(p.top_scores) == 1, p
+    assert math.isclose(p.margin, 0.3, abs_tol=1e-5), p  # margin still uses the runner-up
+
+
+class NonFinite(nn.Module):
+    """A broken head: NaN logits."""
+
+    def forward(self, tokens):  # (B, T, 1 + N, D) -> (B, C)
+        return torch.full((tokens.shape[0], len(LABELS)), float('nan'))
+
+
+def test_a_non_finite_score_is_never_returned(backbone):
+    engine = _engine(backbone, NonFinite())
+    stamps = [BASE_NS + i * PERIOD_NS for i in range(T)]
+    results = _run(engine, _frames(T - 1), stamps[:-1])
+    assert not any(r.predictions for r in results)
+    with pytest.raises(NonFiniteScores, match="head 'action' gave non-finite scores"):
+        engine.push(_frames(1)[0], stamps[-1])
+    assert engine.stats['non_finite'] == 1 and engine.stats['predictions'] == 0
+
+
+def test_head_temperature_scales_the_logits_and_probs_cover_every_label(backbone):
+    import dataclasses
+
+    probs = np.array([0.6, 0.2, 0.1, 0.05, 0.05])
+    meta = dataclasses.replace(_meta(), temperature=2.0)
+    cfg = EngineConfig(num_frames=T, window_seconds=1.0, top_k=3)
+    engine = StreamingEngine(backbone, [Head(FixedProbs(probs), meta)], cfg)
+    out = [p for r in _run(engine, _frames(T), [BASE_NS + i * PERIOD_NS for i in range(T)])
+           for p in r.predictions]
+    expected = np.sqrt(probs) / np.sqrt(probs).sum()  # softmax(log(p) / 2)
+    assert len(out) == 1 and len(out[0].probs) == len(LABELS)
+    assert np.allclose(out[0].probs, expected, atol=1e-6), out[0].probs
+    assert math.isclose(out[0].confidence, expected[0], rel_tol=1e-5)

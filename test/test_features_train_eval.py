@@ -147,6 +147,10 @@ def test_bad_inputs_give_clear_errors(dataset, tmp_path, backbone, capsys):
     assert code == 2 and 'missing.mp4' in capsys.readouterr().err
     code = evaluate.main(['--cache', str(tmp_path / 'nowhere'), '--checkpoint',
                           str(tmp_path / 'none.safetensors'), '--out', str(tmp_path / 'y')])
+    assert code == 2 and 'no such head checkpoint' in capsys.readouterr().err
+    demo = Path(__file__).parents[1] / 'models' / 'demo_action.safetensors'
+    code = evaluate.main(['--cache', str(tmp_path / 'nowhere'), '--checkpoint', str(demo),
+                          '--out', str(tmp_path / 'y')])
     assert code == 2 and 'not a feature cache' in capsys.readouterr().err
 
 

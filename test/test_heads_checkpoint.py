@@ -125,3 +125,16 @@ def test_other_backbone_weights_are_refused(tmp_path, backbone):
     module, meta = load_head(make_head(tmp_path / 'fp.safetensors', num_frames=4, info=other))
     with pytest.raises(CheckpointError, match='fingerprint'):
         StreamingEngine(backbone, [Head(module, meta)], EngineConfig(num_frames=4))
+
+
+def test_checkpoint_records_temperature_and_background(tmp_path):
+    import dataclasses
+
+    meta = read_meta(make_head(tmp_path / 'h.safetensors', num_frames=4))
+    assert meta.temperature == 1.0  # written before calibration existed: no scaling
+    calibrated = dataclasses.replace(meta, temperature=1.7, background=meta.labels[0])
+    again = HeadMeta.from_json(calibrated.to_json())
+    assert (again.temperature, again.background) == (1.7, meta.labels[0])
+    for bad in (dict(temperature=0.0), dict(temperature=-1.0), dict(background='nothing')):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            HeadMeta.from_json(dataclasses.replace(meta, **bad).to_json())

@@ -27,10 +27,12 @@ from step_ros.backbone import BackboneError
 from step_ros.bags import BagError, BagWriter, ReadStats, iter_frames, topic_count
 from step_ros.checkpoint import CheckpointError
 from step_ros.config import ConfigError, PerceptionConfig, load_params_file
+from step_ros.engine import NonFiniteScores
 from step_ros.runtime import build_engine
 from step_ros.timeline import TimelineError, load_timeline, seconds
 
-ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError)
+ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError,
+          NonFiniteScores)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -174,6 +176,12 @@ def evaluate(args: argparse.Namespace) -> dict:
                     process_ms_p50=_percentile(process_ms, 50),
                     process_ms_p99=_percentile(process_ms, 99)))
     _write_outputs(out, report, rows, params)
+    if not at_stamp:
+        span = f'{seconds(timeline.segments[0].start_ns)}-{seconds(timeline.segments[-1].end_ns)}'
+        hint = '' if args.relative else ' (seconds from the first image? pass --relative)'
+        raise TimelineError(f'{args.labels}: nothing was scored: none of the {len(rows)} '
+                            f'predictions (images {seconds(first)}-{seconds(last)} s) falls '
+                            f'inside the timeline ({span} s){hint}')
     return report
 
 

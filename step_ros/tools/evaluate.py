@@ -71,8 +71,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        module, meta = load_head(args.checkpoint)  # the quicker check first
         cache = FeatureCache.load(args.cache)
-        module, meta = load_head(args.checkpoint)
         report = evaluate_head(module, meta, cache, source=str(args.checkpoint))
     except (DataError, CheckpointError) as exc:
         print(f'eval: error: {exc}', file=sys.stderr)

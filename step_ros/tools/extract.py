@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from step_ros.backbone import BackboneError, FrozenBackbone
+from step_ros.checkpoint import MAX_FRAMES
 from step_ros.features import DataError, extract, read_clip_list
 
 
@@ -22,7 +23,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="'tiny', 'tiny-clip' or a local Hugging Face directory (tiny)")
     parser.add_argument('--image-size', type=int, default=0,
                         help="backbone input side in pixels (0: the model's)")
-    parser.add_argument('--frames', type=int, default=8, help='T: frames per clip (8)')
+    parser.add_argument('--frames', type=int, default=8,
+                        help=f'T: frames per clip, at most {MAX_FRAMES} (8)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' (auto)")
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
     parser.add_argument('--shard-size', type=int, default=64, help='clips per shard (64)')
@@ -32,10 +34,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
-    for flag, value in (('--frames', args.frames), ('--shard-size', args.shard_size)):
-        if value < 1:
-            print(f'extract: error: {flag} {value}: must be >= 1', file=sys.stderr)
-            return 2
+    if not 1 <= args.frames <= MAX_FRAMES:
+        print(f'extract: error: --frames {args.frames}: must be in [1, {MAX_FRAMES}]',
+              file=sys.stderr)
+        return 2
+    if args.shard_size < 1:
+        print(f'extract: error: --shard-size {args.shard_size}: must be >= 1', file=sys.stderr)
+        return 2
     try:
         clip_list = read_clip_list(args.clips, pairs_path=args.pairs)
         backbone = FrozenBackbone.load(args.backbone, image_size=args.image_size,
