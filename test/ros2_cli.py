@@ -67,8 +67,13 @@ def stop_daemon(env: dict[str, str]) -> None:
 class Background:
     """A command in its own process group, output to a file; always stop() it."""
 
-    def __init__(self, command: list[str], *, env: dict[str, str], log: Path) -> None:
+    def __init__(self, command: list[str], *, env: dict[str, str], log: Path,
+                 interrupt_group: bool = False) -> None:
+        """interrupt_group: stop() sends SIGINT to the whole group, as Ctrl-C in a terminal
+        does (`ros2 run` relies on that: it does not pass SIGINT on); otherwise to the command
+        only (`ros2 launch` passes it on to each process it started, once)."""
         self.log = log
+        self._interrupt_group = interrupt_group
         self._file = log.open('w')
         # SIGINT as the default: a shell that started this run in the background ignores it.
         self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._file,
@@ -105,10 +110,13 @@ class Background:
             return None
 
     def stop(self) -> int:
-        """SIGINT to the process group (as Ctrl-C), SIGKILL after 20 s; the exit code."""
+        """SIGINT (see __init__), SIGKILL to the process group after 20 s; the exit code."""
         if self.process.poll() is None:
-            with _gone():
-                os.killpg(self.process.pid, signal.SIGINT)
+            if self._interrupt_group:
+                with _gone():
+                    os.killpg(self.process.pid, signal.SIGINT)
+            else:
+                self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -149,7 +149,8 @@ def test_ros2_run_starts_the_console_script(tmp_path, env):
     params = tiny_params(tmp_path, num_frames=T, window_seconds=WINDOW_S, image_qos='reliable')
     run = Background(['ros2', 'run', 'step_ros', 'perception_node', '--ros-args',
                       '--params-file', str(params), '-r', 'image:=/run_test/image', '-r',
-                      '__ns:=/run_test'], env=env, log=tmp_path / 'run.log')
+                      '__ns:=/run_test'], env=env, log=tmp_path / 'run.log',
+                     interrupt_group=True)
     try:
         assert run.wait_for("ready: input /run_test/image (reliable) -> "
                             "['/run_test/human_action']", timeout=START_TIMEOUT), run.output()
