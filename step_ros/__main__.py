@@ -13,6 +13,7 @@ COMMANDS = {
     'eval': ('step_ros.tools.evaluate', 'accuracy (symmetric / non-symmetric / reversed) report'),
     'report': ('step_ros.tools.report', 'compare all head kinds on one cache (paper tables)'),
     'bag-eval': ('step_ros.tools.bag_eval', 'run the streaming engine over a rosbag and score it'),
+    'bag-export': ('step_ros.tools.bag_export', "a bag's images as a video on bag time, to label"),
     'replay': ('step_ros.ros.replay', "publish a bag's images with rclpy (with /clock)"),
     'bench': ('step_ros.tools.bench', 'performance harness: streaming vs naive, latency, memory'),
     'bench-ros': ('step_ros.ros.bench_client', 'end-to-end ROS bench (e2e / flood) of a node'),

@@ -24,6 +24,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NORMALISATION = {'dinov2': (IMAGENET_MEAN, IMAGENET_STD), 'clip': (CLIP_MEAN, CLIP_STD)}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 PREPROCESS_CHUNK = 16  # frames converted to float at a time
+ROW_STRIP = 64  # rows of a large frame converted to float at a time
 
 # Built-in tiny backbones with seeded random weights: real transformers architectures at a size
 # that runs in milliseconds on a CPU, for tests, the demo and the synthetic benchmark.
@@ -126,6 +127,21 @@ def _load_directory(path: Path) -> tuple[nn.Module, str]:
     return model, family
 
 
+def _shrink(square: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, 3, side, side) -> float in [0, 1] (B, 3, S, S), antialiased bilinear.
+
+    The resize is separable: each strip of rows is converted to float and narrowed to S columns
+    on its own, then the (side, S) result is resized in height. The float copies are therefore
+    strips and a side x S image, never the full frame (a 4K frame in float is 100 MB).
+    """
+    narrow = torch.cat([
+        F.interpolate(strip.float().div_(255.0), size=(strip.shape[2], size), mode='bilinear',
+                      antialias=True, align_corners=False)
+        for strip in square.split(ROW_STRIP, dim=2)], dim=2)  # (B, 3, side, S)
+    return F.interpolate(narrow, size=(size, size), mode='bilinear', antialias=True,
+                         align_corners=False)  # (B, 3, S, S)
+
+
 class FrozenBackbone(nn.Module):
     """uint8 RGB frames (B, H, W, 3) -> tokens (B, 1 + N, D): CLS, then patches (no registers)."""
 
@@ -180,17 +196,21 @@ class FrozenBackbone(nn.Module):
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) on the device -> normalised pixels (B, 3, S, S) in model dtype."""
         if frames.shape[0] > PREPROCESS_CHUNK:
-            # Full-resolution float copies are large (1080p: 14 MB a frame): bound the peak.
+            # Bound the number of frames in flight through preprocessing.
             return torch.cat([self.preprocess(c) for c in frames.split(PREPROCESS_CHUNK)])
         _, h, w, _ = frames.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         square = frames[:, top:top + side, left:left + side]  # centre crop, still uint8
-        x = square.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, side, side)
+        x = square.permute(0, 3, 1, 2)  # (B, 3, side, side) uint8
         size = self.info.image_size
-        if side != size:
-            x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True,
-                              align_corners=False)
+        if side <= size:
+            x = x.float().div_(255.0)
+            if side != size:
+                x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True,
+                                  align_corners=False)
+        else:
+            x = _shrink(x, size)
         return ((x - self.mean) / self.std).to(self.dtype)  # (B, 3, S, S)
 
     def forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 IMAGE_TYPES = (IMAGE, COMPRESSED)
 HUMAN_ACTION = 'step_ros_msgs/msg/HumanAction'
+ACTION_EVENT = 'step_ros_msgs/msg/ActionEvent'
 
 
 class BagError(ValueError):
@@ -286,8 +287,9 @@ class BagWriter:
         self.write(topic, IMAGE, msg, log_ns)
 
     def write_action(self, topic: str, prediction, *, frame_id: str = '',
-                     latency_ns: int = 0) -> None:
-        """An engine Prediction as a HumanAction, logged at its newest frame's stamp."""
+                     latency_ns: int = 0, decision=None) -> None:
+        """An engine Prediction (and the Decision taken on it, if any) as a HumanAction, logged
+        at its newest frame's stamp; without a decision the decided fields stay empty."""
         p = prediction
         duration = self.store.types['builtin_interfaces/msg/Duration'](
             sec=latency_ns // 1_000_000_000, nanosec=latency_ns % 1_000_000_000)
@@ -297,5 +299,20 @@ class BagWriter:
             top_labels=list(p.top_labels),
             top_scores=np.asarray(p.top_scores, dtype=np.float32), ambiguous=p.ambiguous,
             ambiguous_with=p.ambiguous_with, ambiguity_reason=p.ambiguity_reason,
-            margin=p.margin, frames=p.frames, latency=duration)
+            margin=p.margin, frames=p.frames, latency=duration,
+            state=decision.state.value if decision else '',
+            stable_label=decision.stable_label if decision else '',
+            stable_confidence=decision.stable_confidence if decision else 0.0,
+            stable_since=_time(decision.stable_since_ns if decision else 0))
         self.write(topic, HUMAN_ACTION, msg, p.stamp_ns)
+
+    def write_event(self, topic: str, event, *, frame_id: str = '') -> None:
+        """A decision ActionEvent as a step_ros_msgs/ActionEvent, logged at its decision stamp."""
+        duration_ns = round(event.duration_s * 1e9)
+        msg = self.store.types[ACTION_EVENT](
+            header=_header(event.decided_ns, frame_id),
+            window_start=_time(event.window_start_ns), task=event.task, label=event.label,
+            kind=event.kind, stamp=_time(event.stamp_ns), confidence=event.confidence,
+            duration=self.store.types['builtin_interfaces/msg/Duration'](
+                sec=duration_ns // 1_000_000_000, nanosec=duration_ns % 1_000_000_000))
+        self.write(topic, ACTION_EVENT, msg, event.decided_ns)

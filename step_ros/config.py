@@ -7,6 +7,7 @@ Defaults equal `config/perception.yaml`, the real deployment.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from step_ros.decision import DecisionConfig
+from step_ros.decode import DEFAULT_MAX_PIXELS
 from step_ros.engine import EngineConfig
 
 NODE_NAME = 'perception_node'
@@ -62,7 +64,13 @@ PARAMETERS: tuple[Param, ...] = (
           ('sensor_data', 'reliable')),
     Param('subscribe_compressed', False, "Also subscribe to 'image/compressed'."),
     Param('debug_image', False, "Publish an annotated image on 'debug_image'."),
-    Param('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.'),
+    Param('diagnostics_period', 1.0, 'Seconds between /diagnostics messages (0.05 to 3600).'),
+    Param('max_image_pixels', DEFAULT_MAX_PIXELS,
+          'Largest image (width x height) that is decoded; larger ones, raw or as declared by '
+          'a PNG / JPEG header, are rejected before any memory is allocated for them.'),
+    Param('worker_timeout', 10.0,
+          'Seconds the inference worker may spend on one frame (or leave one waiting) before '
+          '/diagnostics reports it stuck (ERROR).'),
     Param('autostart', True,
           'Configure and activate the lifecycle node at start-up; false: stay unconfigured '
           'until a lifecycle manager (nav2_lifecycle_manager, `ros2 lifecycle set`) says so.'),
@@ -81,6 +89,10 @@ PARAMETERS: tuple[Param, ...] = (
           "this is state 'uncertain' and starts nothing."),
 )
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
+# Bounds of the float parameters: finite, and sane for a camera (a window of an hour is a typo;
+# diagnostics faster than 20 Hz only load the machine).
+FLOAT_RANGES = {'window_seconds': (0.0, 3600.0), 'diagnostics_period': (0.05, 3600.0),
+                'worker_timeout': (0.1, 3600.0)}
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class PerceptionConfig:
     debug_image: bool
     diagnostics_period: float
     decision: DecisionConfig = DecisionConfig()
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    worker_timeout: float = 10.0
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> PerceptionConfig:
@@ -111,12 +125,14 @@ class PerceptionConfig:
             if p.choices and v[p.name] not in p.choices and not (
                     p.name == 'device' and str(v[p.name]).startswith('cuda:')):
                 raise ConfigError(f'{p.name}={v[p.name]!r}: expected one of {list(p.choices)}')
-        for name in ('num_frames', 'infer_every', 'top_k'):
+        for name in ('num_frames', 'infer_every', 'top_k', 'max_image_pixels'):
             if v[name] < 1:
                 raise ConfigError(f'{name}={v[name]}: must be >= 1')
-        for name in ('window_seconds', 'diagnostics_period'):
-            if not v[name] > 0:
-                raise ConfigError(f'{name}={v[name]}: must be > 0')
+        for name, (low, high) in FLOAT_RANGES.items():
+            # `not low <= x` is also true for NaN; inf and 1e300 fail the upper bound.
+            if not (math.isfinite(v[name]) and low <= v[name] <= high) or v[name] == 0:
+                raise ConfigError(f'{name}={v[name]}: must be a number in '
+                                  f'{"(0" if low == 0 else f"[{low:g}"}, {high:g}]')
         if not 0.0 <= v['ambiguity_margin'] <= 1.0:
             raise ConfigError(f"ambiguity_margin={v['ambiguity_margin']}: must be in [0, 1]")
         if v['backbone.image_size'] < 0:
@@ -162,7 +178,8 @@ class PerceptionConfig:
                    head_topics=topics, engine=engine, symmetric_pairs=pairs,
                    image_qos=v['image_qos'], subscribe_compressed=v['subscribe_compressed'],
                    debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'],
-                   decision=decision)
+                   decision=decision, max_image_pixels=v['max_image_pixels'],
+                   worker_timeout=v['worker_timeout'])
 
 
 def _typed(param: Param, value: Any) -> Any:

@@ -71,6 +71,14 @@ def test_valid_values_give_the_config(valid):
     ('heads.topics', ['a', 'b']),
     ('heads.checkpoints', ['/nonexistent/head.safetensors']),
     ('symmetric_pairs', ['pick_up-put_down']),
+    ('window_seconds', float('inf')),  # audit D09: an OverflowError traceback
+    ('window_seconds', 1e300),
+    ('window_seconds', float('nan')),
+    ('diagnostics_period', 1e-9),  # audit D12: 5,500 messages/s
+    ('diagnostics_period', 0.01),
+    ('max_image_pixels', 0),
+    ('worker_timeout', 0.0),
+    ('worker_timeout', float('inf')),
 ])
 def test_bad_value_names_parameter_and_value(valid, name, value):
     with pytest.raises(ConfigError) as info:
@@ -107,6 +115,54 @@ def test_a_window_unlike_the_heads_training_window_is_warned_about(tmp_path, cap
     assert bool(messages) == warned, messages
     if warned:
         assert 'window_seconds=1.0' in messages[0] and '2 s windows' in messages[0], messages
+
+
+def test_the_bounds_themselves_are_accepted(valid):
+    config = PerceptionConfig.from_params({**valid, 'diagnostics_period': 0.05,
+                                           'window_seconds': 3600.0, 'max_image_pixels': 1})
+    assert config.diagnostics_period == 0.05 and config.engine.window_seconds == 3600.0
+    assert config.max_image_pixels == 1
+
+
+def test_a_symmetric_pair_naming_no_label_is_refused(tmp_path):
+    """Audit D11: such an override used to empty the head's pairs and flag nothing."""
+    from node_helpers import make_head
+
+    from step_ros.runtime import build_engine
+
+    head = make_head(tmp_path / 'h.safetensors', num_frames=4)
+    config = PerceptionConfig.from_params({
+        'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
+        'precision': 'fp32', 'heads.checkpoints': [str(head)], 'num_frames': 4,
+        'window_seconds': 2.0, 'symmetric_pairs': ['pick_up:put_down', 'pickup:putdown']})
+    with pytest.raises(ConfigError) as info:
+        build_engine(config)
+    message = str(info.value)
+    assert message.startswith('symmetric_pairs:') and "['pickup:putdown']" in message, message
+    assert 'pick_up' in message and '\n' not in message, message
+
+
+def test_an_override_leaving_a_head_without_pairs_is_warned_about(tmp_path, caplog):
+    import logging
+
+    from node_helpers import make_head
+
+    from step_ros.runtime import build_engine
+
+    action = make_head(tmp_path / 'a.safetensors', num_frames=4)
+    objects = make_head(tmp_path / 'o.safetensors', num_frames=4, task='object',
+                        labels=('cup', 'box'), pairs=(('cup', 'box'),))
+    config = PerceptionConfig.from_params({
+        'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
+        'precision': 'fp32', 'heads.checkpoints': [str(action), str(objects)],
+        'heads.topics': ['action', 'object'], 'num_frames': 4, 'window_seconds': 2.0,
+        'symmetric_pairs': ['pick_up:put_down']})
+    with caplog.at_level(logging.WARNING, logger='step_ros.runtime'):
+        engine = build_engine(config)
+    assert [h.pairs for h in engine.heads] == [(('pick_up', 'put_down'),), ()]
+    messages = [r.getMessage() for r in caplog.records if 'symmetric_pairs' in r.getMessage()]
+    assert len(messages) == 1 and "head 'object'" in messages[0], messages
+    assert 'flags no ambiguity' in messages[0], messages
 
 
 def test_decision_parameters_build_the_decision_config(valid):

@@ -1,5 +1,12 @@
 """Image decoding: every supported encoding to exact RGB, every rejected case with its kind."""
 
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -99,3 +106,125 @@ def test_sixteen_bit_png_is_rejected():
     with pytest.raises(ImageRejected) as info:
         decode_compressed('png', data.tobytes())
     assert info.value.kind == 'encoding' and 'uint16' in str(info.value)
+
+
+def _png_declaring(width: int, height: int, *, rows: bytes = b'') -> bytes:
+    """A PNG whose IHDR declares width x height (RGB), with `rows` as its compressed data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack('>I', len(body)) + kind + body + \
+            struct.pack('>I', zlib.crc32(kind + body))
+
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', rows) + \
+        chunk(b'IEND', b'')
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header (SOF) is rewritten to declare width x height."""
+    ok, data = cv2.imencode('.jpg', np.random.default_rng(0).integers(0, 256, (48, 64, 3),
+                                                                       dtype=np.uint8))
+    data = bytearray(data.tobytes())
+    sof = data.find(b'\xff\xc0')
+    data[sof + 5:sof + 9] = struct.pack('>HH', height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize('fmt, data, words', [
+    ('png', _png_declaring(12000, 12000), 'png declaring 12000x12000'),
+    ('jpeg', _jpeg_declaring(30000, 30000), 'jpeg declaring 30000x30000'),
+    ('jpeg', _jpeg_declaring(5000, 2401), 'jpeg declaring 5000x2401'),  # 1 pixel over
+], ids=['png-12000x12000', 'jpeg-30000x30000', 'jpeg-just-over'])
+def test_bombs_are_refused_from_the_declared_size(fmt, data, words):
+    with pytest.raises(ImageRejected) as info:
+        decode_compressed(fmt, data, max_pixels=12_000_000)
+    assert info.value.kind == 'size' and words in str(info.value), info.value
+    assert 'max_image_pixels=12000000' in str(info.value), info.value
+
+
+def test_a_frame_at_the_limit_is_decoded_and_a_raw_one_above_is_refused():
+    ok, data = cv2.imencode('.png', np.zeros((20, 30, 3), np.uint8))
+    assert decode_compressed('png', data.tobytes(), max_pixels=600).shape == (20, 30, 3)
+    with pytest.raises(ImageRejected) as info:
+        decode_compressed('png', data.tobytes(), max_pixels=599)
+    assert info.value.kind == 'size'
+    with pytest.raises(ImageRejected) as info:
+        decode_raw('rgb8', 20, 30, 90, bytes(1800), max_pixels=599)
+    assert info.value.kind == 'size' and 'max_image_pixels=599' in str(info.value)
+
+
+def test_a_bomb_does_not_take_memory(tmp_path):
+    """In a fresh process, so that its peak RSS is this decode's: a 12000x12000 PNG whose data
+    is all there (432 MB of RGB when decoded) is refused before OpenCV allocates it."""
+    bomb = tmp_path / 'bomb.png'
+    packer = zlib.compressobj(9)
+    row = bytes(1 + 12000 * 3)  # filter byte + RGB
+    rows = b''.join(packer.compress(row) for _ in range(12000)) + packer.flush()
+    bomb.write_bytes(_png_declaring(12000, 12000, rows=rows))
+    script = (
+        'import resource, sys\n'
+        'from step_ros.decode import ImageRejected, decode_compressed\n'
+        'data = open(sys.argv[1], "rb").read()\n'
+        'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
+        'try:\n'
+        '    decode_compressed("png", data)\n'
+        '    print("decoded")\n'
+        'except ImageRejected as exc:\n'
+        '    print("rejected", exc.kind)\n'
+        'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n')
+    out = subprocess.run([sys.executable, '-c', script, str(bomb)], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).parents[1])
+    verdict, grown_mb = out.stdout.split('\n')[:2]
+    assert verdict == 'rejected size', out.stdout + out.stderr
+    assert int(grown_mb) < 50, f'peak RSS grew by {grown_mb} MB'
+
+
+def test_a_jpeg_with_less_data_than_its_frame_declares_is_rejected(capfd):
+    """libjpeg fills the missing part with grey and only says so on stderr; OpenCV returns the
+    image. It must count as rejected, and the warning must not reach the output."""
+    data = _jpeg_declaring(640, 480)  # 48x64 worth of data for 480x640
+    with pytest.raises(ImageRejected) as info:
+        decode_compressed('jpeg', data)
+    assert info.value.kind == 'data' and 'Corrupt JPEG data' in str(info.value), info.value
+    captured = capfd.readouterr()
+    assert 'Corrupt JPEG' not in captured.err + captured.out, captured
+
+
+@pytest.mark.parametrize('fmt, data', [
+    ('jpeg', b'\xff\xd8 not a jpeg at all'),
+    ('png', b'\x89PNG\r\n\x1a\n garbage garbage'),
+    ('jpeg', _jpeg_declaring(64, 48)[:700]),  # cut inside the image data
+    ('png', _png_declaring(30, 20, rows=zlib.compress(bytes(10 * 91)))),  # rows missing
+])
+def test_undecodable_data_is_rejected_without_opencv_output(capfd, fmt, data):
+    with pytest.raises(ImageRejected) as info:
+        decode_compressed(fmt, data)
+    assert info.value.kind == 'data', info.value
+    captured = capfd.readouterr()
+    assert captured.err == '' and captured.out == '', captured
+
+
+def test_other_output_during_a_decode_is_passed_on(capfd):
+    """Only codec messages are held back while a frame decodes; nothing else is lost."""
+    import step_ros.decode as decode
+
+    with decode._native_stderr() as lines:
+        os.write(2, b'a line of someone else\n')
+    assert lines == ['a line of someone else']
+    assert capfd.readouterr().err == 'a line of someone else\n'
+
+
+def test_large_frames_are_resized_before_conversion_to_float():
+    """Peak memory of preprocessing follows the model input: no float copy of the whole frame
+    (a 2000x2000 crop in float is 48 MB; the largest float tensor allowed here is 6 MB)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from step_ros.backbone import FrozenBackbone
+
+    backbone = FrozenBackbone.load('tiny')
+    frames = torch.zeros((1, 2000, 2600, 3), dtype=torch.uint8)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        pixels = backbone.preprocess(frames)
+    assert pixels.shape == (1, 3, 112, 112)
+    largest = max(e.cpu_memory_usage for e in prof.events())  # one call each
+    assert largest < 6_000_000, f'an op allocated {largest / 1e6:.0f} MB'

@@ -1,6 +1,8 @@
 """`python -m step_ros demo` end to end: node subprocess, synthetic camera, printed actions."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -9,26 +11,88 @@ import pytest
 pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
 pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
 
-from node_helpers import REPO, make_head, ros_env, write_params  # noqa: E402
+from node_helpers import REPO, ros_env  # noqa: E402
 
-from step_ros.config import load_params_file  # noqa: E402
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS  # noqa: E402
+from step_ros.synth import ACTIONS  # noqa: E402
+
+DEMO_TIMEOUT_S = 240
 
 
-def test_demo_prints_actions_and_agreement(tmp_path):
-    head = make_head(tmp_path / 'demo.safetensors', num_frames=8, labels=ACTIONS,
-                     pairs=SYMMETRIC_PAIRS)
-    values = {**load_params_file(REPO / 'config' / 'demo.yaml'), 'heads.checkpoints': [str(head)]}
-    params = write_params(tmp_path / 'demo.yaml', values)
-    result = subprocess.run(
-        [sys.executable, '-m', 'step_ros', 'demo', '--params-file', str(params), '--seconds', '5'],
-        cwd=REPO, env=ros_env(), capture_output=True, text=True, timeout=120)
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
+def _run_demo(args: list[str]) -> tuple[int, str, str]:
+    """The demo in a session of its own: on a timeout it is stopped together with the node it
+    started (SIGTERM lets it stop the node itself; SIGKILL of the group if that hangs)."""
+    process = subprocess.Popen([sys.executable, '-m', 'step_ros', 'demo', *args], cwd=REPO,
+                               env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=DEMO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+        pytest.fail(f'demo did not finish in {DEMO_TIMEOUT_S} s:\n{out}\n{err}')
+    return process.returncode, out, err
+
+
+def test_demo_prints_actions_and_agrees_with_the_shown_actions():
+    """With the shipped demo head (config/demo.yaml), the recognised actions agree with the ones
+    shown, the nearly symmetric pairs included: a window seen in the wrong order, or any other
+    break between camera and result, brings the agreement down to chance."""
+    code, out, err = _run_demo(['--seconds', '20'])
+    assert code == 0, out + err
     assert 'warming up' in out, out
     rows = re.findall(r'^\s+(\d+\.\d+) s  (\w+)\s+(\d\.\d\d) .* true: (\w+)', out, re.M)
-    assert len(rows) >= 5, out
+    assert len(rows) >= 10, out
     assert all(label in ACTIONS and true in ACTIONS for _, label, _, true in rows), rows
     # 8 frames over 2 s: the first result needs 7 sampling periods (1.75 s) of stream time.
     assert float(rows[0][0]) >= 1.7, rows[0]
-    assert re.search(r'agreement overall: \d+/\d+ = ', out), out
+    overall = re.search(r'agreement overall: (\d+)/(\d+) = ', out)
+    assert overall, out
+    hits, total = map(int, overall.groups())
+    assert total >= 4 and hits >= 0.7 * total, f'agreement {hits}/{total}:\n{out}'
+    pairs = re.search(r'agreement symmetric pairs: (\d+)/(\d+) = ', out)
+    if pairs:
+        hits, total = map(int, pairs.groups())
+        assert hits >= 0.5 * total, f'symmetric pairs agreement {hits}/{total}:\n{out}'
+
+
+def test_demo_stops_its_node_when_terminated(tmp_path):
+    """A demo ended by SIGTERM (a test timeout, a supervisor) must not leave its node running."""
+    process = subprocess.Popen([sys.executable, '-m', 'step_ros', 'demo', '--seconds', '600'],
+                               cwd=REPO, env=ros_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    node: list[int] = []
+    try:
+        for line in process.stdout:
+            if 'starting perception_node' in line:
+                break
+        node = _children(process.pid)
+        assert node, 'the demo started no node process'
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        for pid in node:
+            assert not _alive(pid), f'node {pid} still running after the demo ended'
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for pid in node:  # left over by a broken demo: not by the test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    path = f'/proc/{pid}/task/{pid}/children'
+    with open(path) as stream:
+        return [int(p) for p in stream.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as stream:
+            return stream.read().split()[2] != 'Z'
+    except FileNotFoundError:
+        return False

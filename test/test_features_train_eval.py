@@ -102,8 +102,8 @@ def test_train_eval_and_checkpoint_round_trip(caches, tmp_path, capsys):
         assert set(report[block]) == {'overall', 'symmetric', 'non_symmetric'}, report[block]
     assert set(report['per_class']) == set(ACTIONS), report['per_class']
     assert report['params'] == 96 * len(ACTIONS) + len(ACTIONS), report['params']
-    # The linear probe averages frames: reversing them cannot change a single prediction.
-    assert report['reversed'] == report['accuracy'], report
+    # What reversal does to a head that reads order is pinned in test_order_sensitivity (a
+    # probe is order-blind, so its reversed block says nothing about eval reversing frames).
     assert (out / 'confusion.png').stat().st_size > 1000
     assert 'most confused with' in (out / 'report.md').read_text()
 

@@ -1,6 +1,7 @@
 """STEP's parameter count, and head checkpoints: round trip and every start-up error."""
 
 import pickle
+from dataclasses import replace
 
 import pytest
 import torch
@@ -138,3 +139,37 @@ def test_checkpoint_records_temperature_and_background(tmp_path):
     for bad in (dict(temperature=0.0), dict(temperature=-1.0), dict(background='nothing')):
         with pytest.raises(ValueError, match=next(iter(bad))):
             HeadMeta.from_json(dataclasses.replace(meta, **bad).to_json())
+
+
+def test_step_output_is_the_bare_attention_block_computed_by_hand():
+    """DESIGN 2: patches + t_i, one global CLS, one attention layer with no LayerNorm, no
+    residual and no MLP, the mean of all output tokens, one Linear. Recomputed here from the
+    head's own weights with plain matrix products."""
+    dim, heads, t, n, classes = 8, 2, 3, 4, 3
+    torch.manual_seed(0)
+    head = build_head(replace(PRESETS['step'], num_heads=heads), dim=dim, num_frames=t,
+                      num_patches=n, num_classes=classes).eval()
+    with torch.no_grad():
+        for p in head.parameters():  # non-trivial values everywhere (biases start at zero)
+            p.copy_(torch.randn_like(p) * 0.5)
+    tokens = torch.randn(2, t, 1 + n, dim)  # (B, T, 1 + N, D); the frame CLS is dropped
+    patches = tokens[:, :, 1:] + head.temporal_embed[None, :, None, :]  # t_i on frame i
+    x = torch.cat([head.cls_token.expand(2, -1, -1), patches.reshape(2, t * n, dim)], dim=1)
+    qkv = x @ head.attn.qkv.weight.T + head.attn.qkv.bias  # (B, L, 3D)
+    q, k, v = qkv.split(dim, dim=-1)
+    width = dim // heads
+    outputs = []
+    for h in range(heads):
+        part = slice(h * width, (h + 1) * width)
+        scores = q[..., part] @ k[..., part].transpose(1, 2) / width ** 0.5  # (B, L, L)
+        outputs.append(scores.softmax(dim=-1) @ v[..., part])
+    attended = torch.cat(outputs, dim=-1) @ head.attn.proj.weight.T + head.attn.proj.bias
+    expected = attended.mean(dim=1) @ head.fc.weight.T + head.fc.bias  # (B, C)
+    with torch.no_grad():
+        got = head(tokens)
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+    # The per-frame CLS tokens play no part: changing them changes nothing.
+    other = tokens.clone()
+    other[:, :, 0] += 10.0
+    with torch.no_grad():
+        assert torch.allclose(head(other), got, atol=1e-5)

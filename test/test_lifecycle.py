@@ -27,11 +27,12 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-from step_ros_msgs.msg import ActionLabels, HumanAction  # noqa: E402
+from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction  # noqa: E402
 
 from step_ros.config import load_params_file  # noqa: E402
 from step_ros.ros.conversions import ns_to_time, rgb_to_image  # noqa: E402
 from step_ros.ros.perception_node import (  # noqa: E402
+    EVENT_QOS,
     IMAGE_QOS,
     LATCHED_QOS,
     RESULT_QOS,
@@ -41,6 +42,10 @@ from step_ros.ros.perception_node import (  # noqa: E402
 T = 4
 PERIOD_NS = 250_000_000  # window_seconds 1.0 / T: every published frame is sampled
 BASE_NS = 3_000_000_000_000
+# Any prediction of the random head becomes the stable action at once (there is a START to end).
+EAGER = {'decision.smoothing_seconds': 0.0, 'decision.enter_threshold': 0.01,
+         'decision.exit_threshold': 0.005, 'decision.min_dwell_seconds': 0.0,
+         'decision.min_confidence': 0.0}
 
 
 class Managed:
@@ -50,7 +55,9 @@ class Managed:
         self.node, self.executor, self.process = node, executor, process
         self.get_state = node.create_client(GetState, '/perception_node/get_state')
         self.change_state = node.create_client(ChangeState, '/perception_node/change_state')
-        self.labels, self.actions, self.diagnostics = [], [], []
+        self.labels, self.actions, self.diagnostics, self.events = [], [], [], []
+        node.create_subscription(ActionEvent, '/human_action/events', self.events.append,
+                                 EVENT_QOS)
         node.create_subscription(ActionLabels, '/human_action/labels', self.labels.append,
                                  LATCHED_QOS)
         node.create_subscription(HumanAction, '/human_action', self.actions.append, RESULT_QOS)
@@ -97,7 +104,7 @@ class Managed:
 def managed(tmp_path):
     env = ros_env()
     params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable',
-                         diagnostics_period=0.2, autostart=False)
+                         diagnostics_period=0.2, autostart=False, **EAGER)
     with node_with_client(['--params-file', str(params)], env=env, log=tmp_path / 'node.log',
                           name='lifecycle_client') as (node, executor, process):
         yield Managed(node, executor, process)
@@ -126,15 +133,23 @@ def test_lifecycle_transitions_gate_model_and_outputs(managed):
     assert m.state() == 'active'
     assert m.subscribed(True), f'active node does not subscribe to /image:\n{log()}'
     m.publish(T + 2)
-    assert spin_until(m.executor, lambda: len(m.actions) >= 3, timeout=20), \
+    # T - 1 warming up, then 3 windows.
+    assert spin_until(m.executor, lambda: len(m.actions) >= T + 2, timeout=20), \
         f'{len(m.actions)} HumanAction for {T + 2} frames while active:\n{log()}'
-    assert all(a.frames == T and a.label in LABELS for a in m.actions), m.actions[0]
+    assert [a.state for a in m.actions] == ['warming_up'] * (T - 1) + ['active'] * 3, \
+        m.actions
+    assert all(a.frames == T and a.label in LABELS for a in m.actions[T - 1:]), m.actions
     assert spin_until(m.executor, lambda: m.diagnostics, timeout=5), 'no diagnostics while active'
 
     # deactivate: input closed and the worker joined; nothing published any more.
     assert m.transition(Transition.TRANSITION_DEACTIVATE), log()
     assert m.state() == 'inactive'
     assert m.subscribed(False), 'deactivated node still subscribes to /image'
+    # The action that was going on ends with the deactivation: a planner waits for no END.
+    assert spin_until(m.executor, lambda: len(m.events) >= 2, timeout=5), m.events
+    label = m.actions[T - 1].stable_label
+    assert [(e.kind, e.label) for e in m.events] == [('start', label), ('end', label)], \
+        m.events
     m.wait(0.5)
     counts = len(m.actions), len(m.diagnostics)
     m.publish(T + 2)

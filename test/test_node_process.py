@@ -41,18 +41,21 @@ def test_actions_from_published_frames(client, perception):
     node, executor = client
     labels, actions, diagnostics, debug = [], [], [], []
     node.create_subscription(Image, '/debug_image', debug.append, RESULT_QOS)
-    node.create_subscription(ActionLabels, '/human_action/labels', labels.append, LATCHED_QOS)
     node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
     node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, RESULT_QOS)
     camera = node.create_publisher(Image, CAMERA, IMAGE_QOS['sensor_data'])
-
-    # The labels are latched: this subscriber joins after the node published them.
-    assert spin_until(executor, lambda: labels, timeout=60, process=perception), \
-        f'no ActionLabels from perception_node; its output:\n{perception.output()}'
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0, timeout=90,
+                      process=perception), \
+        f'perception_node does not subscribe {CAMERA}:\n{perception.output()}'
+    # Subscribed to the camera means activated, after configure published the label list once:
+    # this subscriber joins late, and gets the list only because it is latched.
+    spin_until(executor, lambda: False, timeout=1.0)
+    node.create_subscription(ActionLabels, '/human_action/labels', labels.append, LATCHED_QOS)
+    assert spin_until(executor, lambda: labels, timeout=20, process=perception), \
+        f'no ActionLabels for a late subscriber; node output:\n{perception.output()}'
+    assert len(labels) == 1, f'label list published {len(labels)} times'
     assert tuple(labels[0].labels) == LABELS and labels[0].task == 'action'
     assert labels[0].topic == '/human_action'
-    assert spin_until(executor, lambda: camera.get_subscription_count() > 0, timeout=20), \
-        f'perception_node does not subscribe {CAMERA}:\n{perception.output()}'
 
     published: list[int] = []
 
@@ -67,20 +70,25 @@ def test_actions_from_published_frames(client, perception):
         return any(kv.key == 'state' and kv.value == text
                    for msg in diagnostics for status in msg.status for kv in status.values)
 
-    # 3 sampled frames of 4: the node reports that it warms up, and publishes nothing.
+    # 3 sampled frames of 4: the node reports that it warms up, and publishes only that.
     for i in range(5):
         publish(i)
     assert spin_until(executor, lambda: state(f'warming up (3/{T} frames)'), timeout=30), \
         f'diagnostics never said warming up (3/{T}); output:\n{perception.output()}'
-    assert not actions, f'published while warming up: {actions[0]}'
+    spin_until(executor, lambda: len(actions) >= 3, timeout=5)
+    assert [(a.state, a.label, a.frames) for a in actions] == [
+        ('warming_up', '', n) for n in range(1, T)], actions
+    warming = len(actions)
 
     i = 5
-    while len(actions) < 3 and i < 60 and perception.process.poll() is None:
+    while len(actions) < warming + 3 and i < 60 and perception.process.poll() is None:
         publish(i)
         i += 1
-    spin_until(executor, lambda: len(actions) >= 3, timeout=10)
-    assert len(actions) >= 3, f'{len(actions)} HumanAction for {i} frames:\n{perception.output()}'
-    for msg in actions:
+    spin_until(executor, lambda: len(actions) >= warming + 3, timeout=10)
+    assert len(actions) >= warming + 3, \
+        f'{len(actions)} HumanAction for {i} frames:\n{perception.output()}'
+    for msg in actions[warming:]:
+        assert msg.state in ('idle', 'active', 'uncertain'), msg
         stamp, start = stamp_to_ns(msg.header.stamp), stamp_to_ns(msg.window_start)
         assert stamp in published and start in published, (stamp, start)
         # T - 1 sampling periods; a period longer when a busy worker dropped a sampled frame.
@@ -119,13 +127,24 @@ def test_node_exits_cleanly_on_sigint(perception):
     (['--params-file', str(REPO / 'config' / 'perception.yaml')],
      ['heads.checkpoints', '/opt/step_ros/models/heads/action.safetensors']),
     (['-p', 'num_frames:=0'], ['num_frames=0']),
+    (['-p', 'num_frame:=8'], ["unknown parameter(s) ['num_frame']"]),  # a typo, not ignored
+    (['-p', 'window_seconds:=.inf'], ['window_seconds=inf']),
+    (['-p', 'diagnostics_period:=1e-9'], ['diagnostics_period=1e-09']),
+    (['-p', "heads.topics:=['bad topic']"], ['heads.topics', "'bad topic'"]),
+    ('not yaml', ['parameters file', 'not valid YAML']),
 ])
-def test_bad_configuration_fails_at_start_up(tmp_path, env, args, words):
-    if 'num_frames:=0' in args:
+def test_bad_configuration_fails_at_start_up_with_one_line(tmp_path, env, args, words):
+    if args == 'not yaml':
+        bad = tmp_path / 'broken.yaml'
+        bad.write_text('/**:\n  ros__parameters:\n    num_frames: [8\n  top_k: }\n')
+        args, words = ['--params-file', str(bad)], [*words, str(bad)]
+    elif args[0] == '-p':
         args = ['--params-file', str(tiny_params(tmp_path)), *args]
     process = NodeProcess(args, env=env, log=tmp_path / 'node.log')
-    code = process.wait_exit(timeout=60)
+    code = process.wait_exit(timeout=90)
     output = process.output()
     assert code != 0, f'perception_node exited with 0:\n{output}'
-    assert 'FATAL' in output and all(w in output for w in words), output
+    fatal = [line for line in output.splitlines() if 'FATAL' in line]
+    assert len(fatal) == 1 and all(w in fatal[0] for w in words), output
     assert 'Traceback' not in output, output
+    assert len([line for line in output.splitlines() if line.strip()]) <= 2, output

@@ -77,3 +77,21 @@ def test_probes_are_blind_to_order(trained, name):
     # A probe's logits do not depend on frame order at all (up to float summation order).
     assert torch.allclose(forward, reverse, atol=1e-4), (forward - reverse).abs().max()
     assert report['reversed']['overall'] == report['accuracy']['overall'], report
+
+
+def test_eval_reports_the_reversal_drop_of_a_step_head(trained):
+    """`eval` runs every clip forward and time-reversed: STEP, which reads order, must read the
+    reversed symmetric clips as their counterparts (a reversal that is not done reads 0 drop)."""
+    from step_ros.checkpoint import HeadMeta
+    from step_ros.tools.evaluate import evaluate_head
+
+    modules, test = trained
+    backbone = dict(id='synthetic', family='dinov2', embed_dim=D, patch_size=14,
+                    image_size=28, fingerprint='synthetic')  # 2x2 = N patches of D
+    test = replace(test, backbone=backbone)
+    meta = HeadMeta(task='action', labels=test.labels, symmetric_pairs=test.symmetric_pairs,
+                    head=replace(PRESETS['step'], num_heads=2), num_frames=T, backbone=backbone)
+    report = evaluate_head(modules['step'], meta, test, source='memory')
+    assert report['accuracy']['symmetric'] >= 0.95, report['accuracy']
+    assert report['reversed']['symmetric'] <= 0.05, report['reversed']
+    assert report['per_class']['put_down']['reversed_as'] == 'pick_up', report['per_class']

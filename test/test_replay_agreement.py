@@ -142,7 +142,8 @@ def test_live_node_agrees_with_bag_eval(client, replay_factory, env, tmp_path):
 
     live = []
     node.create_subscription(HumanAction, '/human_action', lambda m: live.append(
-        (ns(m.header.stamp), ns(m.window_start), m.label, m.confidence)), 100)
+        (ns(m.header.stamp), ns(m.window_start), m.label, m.confidence))
+        if m.state != HumanAction.STATE_WARMING_UP else None, 100)
     perception = NodeProcess(['-p', 'use_sim_time:=true', '--params-file', str(params),
                               '-r', f'image:={TOPIC}'], env=env, log=tmp_path / 'node.log')
     try:

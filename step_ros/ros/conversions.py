@@ -7,8 +7,10 @@ import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from step_ros_msgs.msg import ActionLabels, HumanAction
+from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction
 
+from step_ros.decision import ActionEvent as Event
+from step_ros.decision import Decision
 from step_ros.engine import Head, Prediction
 
 
@@ -35,9 +37,10 @@ def rgb_to_image(frame: np.ndarray, *, header: Header) -> Image:
     return msg
 
 
-def prediction_to_msg(prediction: Prediction, *, header: Header, latency_ns: int
-                      ) -> HumanAction:
-    return HumanAction(
+def prediction_to_msg(prediction: Prediction, *, decision: Decision, header: Header,
+                      latency_ns: int) -> HumanAction:
+    """The raw result of one window and the decision taken on it."""
+    msg = HumanAction(
         header=header, window_start=ns_to_time(prediction.window_start_ns),
         task=prediction.task, label=prediction.label, label_id=prediction.label_id,
         confidence=prediction.confidence, top_labels=list(prediction.top_labels),
@@ -45,6 +48,33 @@ def prediction_to_msg(prediction: Prediction, *, header: Header, latency_ns: int
         ambiguous_with=prediction.ambiguous_with,
         ambiguity_reason=prediction.ambiguity_reason, margin=prediction.margin,
         frames=prediction.frames, latency=ns_to_duration(latency_ns))
+    _set_decided(msg, decision)
+    return msg
+
+
+def warming_up_msg(decision: Decision, *, task: str, frames: int, window_start_ns: int,
+                   header: Header, latency_ns: int) -> HumanAction:
+    """While the window fills: no raw result, the state says so (label_id -1: no class)."""
+    msg = HumanAction(header=header, window_start=ns_to_time(window_start_ns), task=task,
+                      label_id=-1, frames=frames, latency=ns_to_duration(latency_ns))
+    _set_decided(msg, decision)
+    return msg
+
+
+def _set_decided(msg: HumanAction, decision: Decision) -> None:
+    msg.state = decision.state.value
+    msg.stable_label = decision.stable_label
+    msg.stable_confidence = float(decision.stable_confidence)
+    msg.stable_since = ns_to_time(decision.stable_since_ns)
+
+
+def event_to_msg(event: Event, *, frame_id: str) -> ActionEvent:
+    """A decision event; its header is that of the window it was decided on."""
+    return ActionEvent(
+        header=Header(stamp=ns_to_time(event.decided_ns), frame_id=frame_id),
+        window_start=ns_to_time(event.window_start_ns), task=event.task, label=event.label,
+        kind=event.kind, stamp=ns_to_time(event.stamp_ns), confidence=float(event.confidence),
+        duration=ns_to_duration(round(event.duration_s * 1e9)))
 
 
 def labels_msg(head: Head, *, topic: str) -> ActionLabels:

@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     with tempfile.NamedTemporaryFile('w+', prefix='perception_node_', suffix='.log',
                                      delete=False) as log:
         print(f'demo: ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, node log: {log.name}')
+        # SIGTERM (a supervisor, a test timeout) ends the demo like Ctrl-C: through the
+        # `finally` below, which stops the node instead of leaving it running.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         process = _start_node(params_file, '/demo/camera/image_raw', log)
         try:
             return _run(args, config, process, Path(log.name))

@@ -62,23 +62,34 @@ class NodeStats:
         return float(p50), float(p99)
 
 
-def report(*, name: str, hardware_id: str, stats: NodeStats, dropped: int, buffered: int,
-           num_frames: int, warming_up: bool, stamp, image_topic: str) -> DiagnosticArray:
-    """One DiagnosticStatus with the node's state and counters."""
+def report(*, name: str, hardware_id: str, stats: NodeStats, dropped: dict[str, int],
+           buffered: int, num_frames: int, warming_up: bool, stamp, image_topic: str,
+           fault: str | None = None, problem: str | None = None) -> DiagnosticArray:
+    """One DiagnosticStatus with the node's state and counters.
+
+    `fault` (the inference worker died or is stuck) makes it ERROR: results have stopped.
+    `problem` (e.g. a window that never fills) and an input without images make it WARN.
+    `dropped` counts, per input, frames replaced in the worker's slot before it took them.
+    """
     input_hz, processed_hz, arrived = stats.rates()
     p50, p99 = stats.latency_ms()
     state = f'warming up ({buffered}/{num_frames} frames)' if warming_up else 'running'
     level, message = DiagnosticStatus.OK, state
-    if arrived == 0:
+    if fault is not None:
+        level, message = DiagnosticStatus.ERROR, fault
+    elif problem is not None:
+        level, message = DiagnosticStatus.WARN, f'{state}; {problem}'
+    elif arrived == 0:
         level, message = DiagnosticStatus.WARN, f'{state}; no images on {image_topic}'
     rejected = dict(stats.rejected)
     values = {
-        'state': state,
+        'state': 'worker failed' if fault is not None else state,
         'input rate (Hz)': f'{input_hz:.1f}',
         'processed rate (Hz)': f'{processed_hz:.1f}',
         'received': str(stats.received),
         'processed': str(stats.processed),
-        'dropped (worker busy)': str(dropped),
+        'dropped (worker busy)': str(sum(dropped.values())),
+        **{f'dropped: {key}': str(n) for key, n in sorted(dropped.items())},
         'rejected': str(sum(rejected.values())),
         **{f'rejected: {kind}': str(n) for kind, n in sorted(rejected.items())},
         'published': str(stats.published),

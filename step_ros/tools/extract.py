@@ -9,6 +9,7 @@ from pathlib import Path
 from step_ros.backbone import BackboneError, FrozenBackbone
 from step_ros.checkpoint import MAX_FRAMES
 from step_ros.features import DataError, extract, read_clip_list
+from step_ros.tools import extract_bags
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -16,7 +17,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog, description='Run the frozen backbone once over T uniformly sampled frames of '
         'every clip of a CSV (path,label[,start,end]) and store the tokens as fp16 shards. '
         'Re-running on the same directory resumes.')
-    parser.add_argument('--clips', type=Path, required=True, help='clip list CSV')
+    parser.add_argument('--clips', type=Path, default=None,
+                        help='clip list CSV (or --bag: see below)')
     parser.add_argument('--pairs', type=Path, default=None,
                         help='pairs.yaml (default: pairs.yaml beside the CSV, if any)')
     parser.add_argument('--backbone', default='tiny',
@@ -29,11 +31,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
     parser.add_argument('--shard-size', type=int, default=64, help='clips per shard (64)')
     parser.add_argument('--out', type=Path, required=True, help='cache directory')
+    extract_bags.add_bag_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.bag:
+        return extract_bags.run(args, parser)
+    if args.clips is None:
+        print('extract: error: give --clips CSV or --bag BAG', file=sys.stderr)
+        return 2
     if not 1 <= args.frames <= MAX_FRAMES:
         print(f'extract: error: --frames {args.frames}: must be in [1, {MAX_FRAMES}]',
               file=sys.stderr)

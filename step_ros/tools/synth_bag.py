@@ -2,7 +2,8 @@
 
 OUT is an mcap rosbag2 directory of camera images (one random action after another, each
 `--action-seconds` long) with its ground truth beside the mcap file: OUT/timeline.csv
-(`start,end,label` in seconds of header-stamp time), ready for `bag-eval --labels`.
+(`start,end,label` in seconds of header-stamp time), ready for `bag-eval --labels`, and
+OUT/pairs.yaml (labels and symmetric pairs), which `extract --bag` reads by default.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
 from step_ros.bags import BagError, BagWriter
-from step_ros.synth import DEFAULT_SIZE, ActionStream
+from step_ros.synth import ACTIONS, DEFAULT_SIZE, SYMMETRIC_PAIRS, ActionStream
 from step_ros.timeline import write_timeline
 
 TIMELINE_NAME = 'timeline.csv'
@@ -69,6 +71,9 @@ def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: floa
         first, stop = int(round(start * fps)), min(int(round(end * fps)), count)
         if first < count:
             segments.append((stamp(first), stamp(stop), label))
+    # The stream's label set and symmetric pairs, for `extract --bag` (its default --pairs).
+    (out / 'pairs.yaml').write_text(yaml.safe_dump(dict(
+        labels=list(ACTIONS), symmetric_pairs=[list(p) for p in SYMMETRIC_PAIRS])))
     return out, write_timeline(out / TIMELINE_NAME, segments)
 
 

@@ -1,0 +1,419 @@
+"""Datasets from rosbags: tokens of the frames the node would sample, once per frame, plus a
+window index, split by recording.
+
+Frames take the node's own path: `bags.iter_frames` (the node's decode, header-stamp order) ->
+the engine's `StampSampler` on the node's grid (window_seconds / T) -> `FrozenBackbone.preprocess`
+and `forward_pixels`, the calls `StreamingEngine.push` makes. Every run of T consecutive sampled
+frames (a sampler restart starts a new run, as it clears the node's ring) is a window the node
+would classify; it is labelled by the timeline segment that holds its oldest and newest frame,
+and dropped when it straddles two segments or leaves the timeline.
+
+Layout of an output directory OUT:
+- `OUT/index.json` (format `step_ros.bag_frames/1`): node settings, backbone, labels, pairs and
+  per recording its bag, topic, timeline, split, sampled stamps, runs, shards and windows;
+- `OUT/frames_*.safetensors`: tensor `tokens` (frames, 1 + N, D) fp16, one row per sampled frame;
+- `OUT/<split>/index.json` (format `step_ros.bag_windows/1`): a view of one split's recordings.
+`FeatureCache.load` reads OUT (every recording) or OUT/<split> like a clip cache. Shards are
+written whole and the index replaced atomically after each, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from step_ros.backbone import FrozenBackbone
+from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
+from step_ros.checkpoint import MAX_FRAMES, validate_pairs
+from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
+from step_ros.engine import EngineConfig, StampSampler
+from step_ros.features import DataError, FeatureCache, read_pairs
+from step_ros.runtime import effective_precision
+from step_ros.timeline import load_timeline
+
+FRAMES_FORMAT = 'step_ros.bag_frames/1'
+WINDOWS_FORMAT = 'step_ros.bag_windows/1'
+INDEX = 'index.json'
+TIMELINE_NAME = 'timeline.csv'
+STRADDLE_RULE = ('a window whose oldest and newest frames lie in different segments (or outside '
+                 'the timeline) is dropped')
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The node parameters that decide the tokens: backbone, input size, precision, grid."""
+
+    backbone_weights: str
+    image_size: int
+    device: str
+    precision: str
+    num_frames: int
+    window_seconds: float
+
+    NAMES = ('backbone.weights', 'backbone.image_size', 'device', 'precision', 'num_frames',
+             'window_seconds')
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any]) -> NodeSettings:
+        """Validate the node's parameters (as the node does); heads are not needed here."""
+        unknown = sorted(set(values) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f'unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}')
+        table = {p.name: p for p in PARAMETERS}
+        v = {name: _typed(table[name], values.get(name, DEFAULTS[name])) for name in cls.NAMES}
+        for name in ('device', 'precision'):
+            choices = table[name].choices
+            if v[name] not in choices and not (name == 'device' and v[name].startswith('cuda:')):
+                raise ConfigError(f'{name}={v[name]!r}: expected one of {list(choices)}')
+        if not 1 <= v['num_frames'] <= MAX_FRAMES:
+            raise ConfigError(f"num_frames={v['num_frames']}: must be in [1, {MAX_FRAMES}]")
+        if not v['window_seconds'] > 0:
+            raise ConfigError(f"window_seconds={v['window_seconds']}: must be > 0")
+        if v['backbone.image_size'] < 0:
+            raise ConfigError(f"backbone.image_size={v['backbone.image_size']}: must be >= 0")
+        return cls(backbone_weights=v['backbone.weights'], image_size=v['backbone.image_size'],
+                   device=v['device'], precision=v['precision'], num_frames=v['num_frames'],
+                   window_seconds=v['window_seconds'])
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(num_frames=self.num_frames, window_seconds=self.window_seconds)
+
+    def sampler(self) -> StampSampler:
+        """The node engine's sampler, on the node's grid (see StreamingEngine.__init__)."""
+        config = self.engine_config()
+        return StampSampler(period_ns=config.period_ns,
+                            max_gap_ns=int(config.window_seconds * 1e9))
+
+    def load_backbone(self) -> FrozenBackbone:
+        """The backbone exactly as `runtime.build_engine` loads it."""
+        precision = effective_precision(self.device, self.precision)
+        return FrozenBackbone.load(self.backbone_weights, image_size=self.image_size,
+                                   device=self.device, precision=precision)
+
+
+@dataclass(frozen=True)
+class Recording:
+    bag: str
+    topic: str
+    labels: str  # timeline CSV
+    split: str  # 'train', 'val', 'test' or any name
+    relative: bool = False  # timeline seconds count from the first frame's stamp
+
+
+def default_timeline(bag: str | Path) -> Path:
+    """timeline.csv inside the bag directory (where `synth --bag` writes it)."""
+    bag = Path(bag)
+    folder = bag if bag.is_dir() else bag.parent
+    return folder / TIMELINE_NAME
+
+
+def sampled(frames: Iterator[BagFrame], sampler: StampSampler
+            ) -> Iterator[tuple[int, BagFrame]]:
+    """(run, frame) for every frame the node's sampler keeps; a restart starts a new run."""
+    run = 0
+    for frame in frames:
+        keep, restart = sampler.offer(frame.stamp_ns)
+        if restart:
+            run += 1
+        if keep:
+            yield run, frame
+
+
+def window_starts(runs: list[int], *, num_frames: int, stride: int) -> list[int]:
+    """First frame of every window: T consecutive sampled frames of one run, every `stride`."""
+    starts, begin = [], 0
+    for i in range(1, len(runs) + 1):
+        if i == len(runs) or runs[i] != runs[begin]:
+            starts += list(range(begin, i - num_frames + 1, stride))
+            begin = i
+    return starts
+
+
+def label_windows(stamps: list[int], runs: list[int], timeline, *, num_frames: int,
+                  stride: int) -> list[tuple[int, str]]:
+    """(first frame, label) of every labelled window; straddling windows are dropped."""
+    out = []
+    for start in window_starts(runs, num_frames=num_frames, stride=stride):
+        label = timeline.label_over(stamps[start], stamps[start + num_frames - 1])
+        if label is not None:
+            out.append((start, label))
+    return out
+
+
+def _write_json(path: Path, values: dict) -> None:
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(values, indent=1) + '\n')
+    os.replace(tmp, path)
+
+
+def _labels_and_pairs(recordings: list[Recording], pairs_path: Path | None
+                      ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Labels: pairs.yaml's list if it has one, else every timeline's labels, sorted."""
+    present = set()
+    for rec in recordings:
+        present |= load_timeline(rec.labels).labels
+    labels, raw_pairs = (None, []) if pairs_path is None else read_pairs(pairs_path)
+    if labels is None:
+        labels = tuple(sorted(present))
+    else:
+        extra = sorted(present - set(labels))
+        if extra:
+            raise DataError(f'timeline labels {extra} are not in the labels of {pairs_path}')
+    if len(labels) < 2:
+        raise DataError(f'the timelines need at least 2 labels, found {list(labels)}')
+    try:
+        pairs = validate_pairs(labels, raw_pairs)
+    except ValueError as exc:
+        raise DataError(f'{pairs_path}: {exc}') from exc
+    return tuple(labels), pairs
+
+
+def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: str | Path,
+                 pairs_path: str | Path | None = None, stride: int = 1, shard_size: int = 256,
+                 batch_frames: int = 16, progress: bool = True,
+                 backbone: FrozenBackbone | None = None) -> Path:
+    """Encode the sampled frames of every recording once; resumes a matching partial cache."""
+    if stride < 1 or shard_size < 1 or batch_frames < 1:
+        raise DataError(f'stride {stride}, shard size {shard_size}, batch {batch_frames}: '
+                        'must be >= 1')
+    if not recordings:
+        raise DataError('no recording given')
+    seen: dict[tuple[str, str], str] = {}
+    for rec in recordings:  # one recording in two splits would leak windows between them
+        key = (str(Path(rec.bag).resolve()), rec.topic)
+        if key in seen:
+            raise DataError(f'bag {rec.bag!r} topic {rec.topic!r} is given twice (splits '
+                            f'{seen[key]!r} and {rec.split!r}); each recording belongs to one '
+                            'split')
+        seen[key] = rec.split
+    out = Path(out)
+    for rec in recordings:
+        topic_count(rec.bag, rec.topic)  # a missing bag or topic fails before the model
+    labels, pairs = _labels_and_pairs(recordings, None if pairs_path is None
+                                      else Path(pairs_path))
+    backbone = backbone or settings.load_backbone()
+    index = dict(format=FRAMES_FORMAT, settings=asdict(settings),
+                 backbone=backbone.info.to_dict(), num_frames=settings.num_frames,
+                 window_seconds=settings.window_seconds, stride=stride, rule=STRADDLE_RULE,
+                 labels=list(labels), symmetric_pairs=[list(p) for p in pairs],
+                 recordings=[dict(**asdict(r), done=False, stamps=[], runs=[], shards=[],
+                                  windows=[]) for r in recordings])
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / INDEX
+    if index_path.is_file():
+        old = json.loads(index_path.read_text())
+        keys = ('format', 'backbone', 'num_frames', 'window_seconds', 'stride')
+        same = all(old.get(k) == index[k] for k in keys) and [
+            {k: r[k] for k in asdict(recordings[0])} for r in old.get('recordings', [])] == [
+            asdict(r) for r in recordings]
+        if not same:
+            raise DataError(f'{out}: holds a cache of other recordings, backbone, T, window or '
+                            'stride; use an empty directory (or delete it) to extract afresh')
+        index = {**old, 'labels': index['labels'], 'symmetric_pairs': index['symmetric_pairs']}
+    shard_number = sum(len(r['shards']) for r in index['recordings'])
+    for number, entry in enumerate(index['recordings']):
+        if entry['done']:
+            continue
+        rec = recordings[number]
+        timeline = load_timeline(rec.labels, labels=labels)
+        stats = ReadStats()
+        frames = iter_frames(rec.bag, rec.topic, stats=stats)
+        done = sum(s['count'] for s in entry['shards'])
+        pending: list[tuple[int, BagFrame]] = []
+        first = None
+        total = topic_count(rec.bag, rec.topic)
+        bar = tqdm(total=total, desc=f'extract {Path(rec.bag).name}', unit='frame',
+                   disable=not progress)
+
+        def counted(source):
+            for frame in source:
+                bar.update(1)
+                yield frame
+
+        def flush(batch: list[tuple[int, BagFrame]]) -> None:
+            nonlocal shard_number
+            tokens = encode(backbone, [f.image for _, f in batch], batch_frames=batch_frames)
+            name = f'frames_{shard_number:05d}.safetensors'
+            save_file({'tokens': tokens}, str(out / name))
+            shard_number += 1
+            entry['shards'].append(dict(file=name, count=len(batch)))
+            entry['stamps'] += [f.stamp_ns for _, f in batch]
+            entry['runs'] += [r for r, _ in batch]
+            _write_json(index_path, index)
+
+        for position, (run, frame) in enumerate(sampled(counted(frames), settings.sampler())):
+            first = frame.stamp_ns if first is None else first
+            if position < done:  # encoded by an earlier, interrupted run
+                if entry['stamps'][position] != frame.stamp_ns:
+                    raise DataError(f'{rec.bag}: sampled frame {position} has stamp '
+                                    f'{frame.stamp_ns}, the cache {entry["stamps"][position]}; '
+                                    'the bag changed: extract into an empty directory')
+                continue
+            pending.append((run, frame))
+            if len(pending) == shard_size:
+                flush(pending)
+                pending = []
+        if pending:
+            flush(pending)
+        bar.close()
+        if first is None:
+            raise DataError(f'{rec.bag} {rec.topic}: no decodable image ({stats.messages} '
+                            f'messages, skipped {dict(stats.skipped)}: {stats.reasons})')
+        if rec.relative:
+            timeline = timeline.shifted(entry['stamps'][0])
+        entry['windows'] = [list(w) for w in label_windows(
+            entry['stamps'], entry['runs'], timeline, num_frames=settings.num_frames,
+            stride=stride)]
+        entry['done'] = True
+        entry['images'] = stats.to_dict()
+        _write_json(index_path, index)
+    for split in sorted({r.split for r in recordings}):
+        (out / split).mkdir(exist_ok=True)
+        _write_json(out / split / INDEX, dict(format=WINDOWS_FORMAT, root='..', split=split))
+    return out
+
+
+def encode(backbone: FrozenBackbone, images: list[np.ndarray], *, batch_frames: int
+           ) -> torch.Tensor:
+    """Tokens (F, 1 + N, D) fp16 on the CPU, by the calls the engine makes per frame."""
+    out = []
+    i = 0
+    while i < len(images):
+        j = i + 1  # frames of one size share a batch
+        while j < len(images) and j - i < batch_frames and images[j].shape == images[i].shape:
+            j += 1
+        pixels = backbone.preprocess(backbone.to_device(np.stack(images[i:j])))
+        out.append(backbone.forward_pixels(pixels).to('cpu', torch.float16))  # (b, 1+N, D)
+        i = j
+    return torch.cat(out).contiguous()
+
+
+class WindowTokens:
+    """(windows, T, 1 + N, D) tokens as a view over per-frame tokens: indexing gathers them."""
+
+    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, num_frames: int) -> None:
+        self.frames = frames  # (F, 1 + N, D)
+        self.starts = starts  # (W,) int64 first frame of each window
+        self.offsets = torch.arange(num_frames)
+        self.num_frames = num_frames
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.starts), self.num_frames, *self.frames.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.frames.dtype
+
+    def __getitem__(self, key) -> torch.Tensor:
+        starts = self.starts[key]
+        return self.frames[starts[..., None] + self.offsets]  # (..., T, 1 + N, D)
+
+    def float(self) -> torch.Tensor:
+        return self[:].float()
+
+
+@dataclass
+class BagFeatureCache(FeatureCache):
+    """A FeatureCache whose tokens are windows over per-frame tokens of recordings."""
+
+    window_stamps: list[tuple[int, ...]] | None = None  # header stamps of each window's frames
+    window_recordings: list[int] | None = None  # recording of each window (index order)
+    recordings: list[dict] | None = None
+
+
+def load_cache(path: str | Path) -> BagFeatureCache:
+    """OUT (every recording) or OUT/<split> (its recordings) of `extract_bags`."""
+    try:
+        return _load_cache(Path(path))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f'{path}: damaged bag cache index ({type(exc).__name__}: {exc}); '
+                        'delete the cache directory and extract again') from exc
+
+
+def _shard(path: Path) -> torch.Tensor:
+    try:
+        return load_file(str(path))['tokens']
+    except Exception as exc:  # missing, truncated or foreign file: safetensors raises several
+        raise DataError(f'{path}: unreadable token shard ({type(exc).__name__}: {exc}); delete '
+                        'the cache directory and extract again') from exc
+
+
+def _load_cache(path: Path) -> BagFeatureCache:
+    index = json.loads((path / INDEX).read_text())
+    split = None
+    root = path
+    if index.get('format') == WINDOWS_FORMAT:
+        split = index['split']
+        root = (path / index['root']).resolve()
+        if not (root / INDEX).is_file():
+            raise DataError(f'{path}: its recordings ({root / INDEX}) are missing')
+        index = json.loads((root / INDEX).read_text())
+    if index.get('format') != FRAMES_FORMAT:
+        raise DataError(f'{root / INDEX}: format {index.get("format")!r}, expected '
+                        f'{FRAMES_FORMAT!r}')
+    unfinished = [r['bag'] for r in index['recordings'] if not r['done']]
+    if unfinished:
+        raise DataError(f'{root}: incomplete cache (not finished: {unfinished}); run extract '
+                        'again to finish it')
+    labels = tuple(index['labels'])
+    num_frames = int(index['num_frames'])
+    frames, starts, targets, stamps, owners, chosen = [], [], [], [], [], []
+    offset = 0
+    for number, rec in enumerate(index['recordings']):
+        if split is not None and rec['split'] != split:
+            continue
+        chosen.append({k: rec[k] for k in ('bag', 'topic', 'labels', 'split', 'relative')})
+        tokens = [_shard(root / s['file']) for s in rec['shards']]
+        for shard, part in zip(rec['shards'], tokens):
+            if part.ndim != 3 or len(part) != shard['count'] or (
+                    frames and part.shape[1:] != frames[0].shape[1:]):
+                raise DataError(f"{root / shard['file']}: tokens of shape {list(part.shape)}, "
+                                f"expected ({shard['count']}, 1 + N, D) like the other shards")
+        frames += tokens
+        for start, label in rec['windows']:
+            starts.append(offset + start)
+            targets.append(labels.index(label))
+            stamps.append(tuple(rec['stamps'][start:start + num_frames]))
+            owners.append(number)
+        offset += sum(len(t) for t in tokens)
+    if not starts:
+        raise DataError(f'{path}: no labelled window (split {split!r}); every window straddles '
+                        'two segments or lies outside the timeline?')
+    return BagFeatureCache(
+        tokens=WindowTokens(torch.cat(frames), torch.tensor(starts), num_frames),
+        targets=torch.tensor(targets), labels=labels,
+        symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
+        backbone=index['backbone'], num_frames=num_frames,
+        window_seconds=float(index['window_seconds']), path=str(path), window_stamps=stamps,
+        window_recordings=owners, recordings=chosen)
+
+
+def split_counts(out: str | Path) -> dict[str, tuple[int, int]]:
+    """{split: (labelled windows, recordings)} of a finished `extract_bags` directory."""
+    index = json.loads((Path(out) / INDEX).read_text())
+    counts: dict[str, list[int]] = {}
+    for rec in index['recordings']:
+        entry = counts.setdefault(rec['split'], [0, 0])
+        entry[0] += len(rec['windows'])
+        entry[1] += 1
+    return {split: tuple(v) for split, v in sorted(counts.items())}
+
+
+def is_bag_cache(index: dict) -> bool:
+    return index.get('format') in (FRAMES_FORMAT, WINDOWS_FORMAT)
+

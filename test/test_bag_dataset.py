@@ -1,0 +1,227 @@
+"""Datasets from bags: `extract --bag` stores what the live engine sees (same stamps, same
+tokens), windows by the node's grid, splits by recording, resumes, and `train` reads it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from node_helpers import make_head, write_params
+
+from step_ros import bag_dataset
+from step_ros.bag_dataset import label_windows, window_starts
+from step_ros.bags import BagWriter, iter_frames
+from step_ros.config import PerceptionConfig, load_params_file
+from step_ros.features import FeatureCache
+from step_ros.runtime import build_engine
+from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS, ActionStream
+from step_ros.timeline import Segment, Timeline, write_timeline
+from step_ros.tools import evaluate, extract, train
+from step_ros.tools.synth_bag import START_NS, write_synth_bag
+
+TOPIC = '/camera/image_raw'
+T = 4
+WINDOW = 1.0  # s: one frame kept every 0.25 s
+S = 1_000_000_000
+
+
+def write_gap_bag(path, *, seed: int = 0):
+    """10 fps frames with stamp jitter, a 1.6 s gap (a restart of the node's window) and a
+    second stretch; a timeline of three segments (the gap unlabelled)."""
+    stream = iter(ActionStream(seed=seed, fps=10.0, size=(48, 64)))
+    rng = np.random.default_rng(seed)
+    stamps = [START_NS + i * S // 10 + int(rng.integers(-15, 15)) * 1_000_000 for i in range(50)]
+    stamps += [START_NS + 6_600_000_000 + i * S // 10 for i in range(40)]
+    with BagWriter(path) as writer:
+        for stamp in stamps:
+            frame, _, _ = next(stream)
+            writer.write_image(TOPIC, frame, stamp_ns=stamp)
+    write_timeline(path / 'timeline.csv', [
+        (START_NS, START_NS + 3 * S, 'wave'), (START_NS + 3 * S, START_NS + 5 * S, 'stir'),
+        (START_NS + 6 * S, START_NS + 11 * S, 'pick_up')])
+    return path
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('bag_dataset')
+    bag = write_gap_bag(tmp / 'bag')
+    head = make_head(tmp / 'head.safetensors', num_frames=T, labels=ACTIONS,
+                     pairs=SYMMETRIC_PAIRS)
+    params = write_params(tmp / 'params.yaml', {
+        'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
+        'precision': 'fp32', 'heads.checkpoints': [str(head)], 'num_frames': T,
+        'window_seconds': WINDOW, 'top_k': 3})
+    return tmp, bag, params
+
+
+def run_extract(bag_args, params, out, *extra):
+    argv = [a for b in bag_args for a in ('--bag', str(b))]
+    return extract.main([*argv, '--topic', TOPIC, '--config', str(params), '--out', str(out),
+                         *extra])
+
+
+def test_window_starts_follow_runs_and_stride():
+    runs = [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
+    assert window_starts(runs, num_frames=3, stride=1) == [0, 1, 2, 5]
+    assert window_starts(runs, num_frames=3, stride=2) == [0, 2, 5]
+    assert window_starts(runs, num_frames=6, stride=1) == []
+
+
+def test_straddling_windows_are_dropped():
+    timeline = Timeline([Segment(0, 10, 'a'), Segment(10, 20, 'b'), Segment(25, 40, 'a')])
+    stamps = list(range(0, 40, 3))  # 0 3 6 ... 39
+    runs = [0] * len(stamps)
+    windows = label_windows(stamps, runs, timeline, num_frames=3, stride=1)
+    # [0,6] a, [3,9] a, [6,12] straddles, [9,15] straddles, [12,18] b, [15,21] gap...
+    assert windows[:3] == [(0, 'a'), (1, 'a'), (4, 'b')]
+    for start, label in windows:
+        first, last = stamps[start], stamps[start + 2]
+        assert timeline.label_at(first) == timeline.label_at(last) == label
+    assert (5, 'b') not in windows  # 15..21 leaves segment b
+
+
+def test_extract_bag_equals_live_engine(setup, capsys):
+    """The skew test: every window of the cache is a window of the live engine, frame for frame
+    (same header stamps) and value for value; the engine's windows inside one segment are all
+    in the cache."""
+    tmp, bag, params = setup
+    assert run_extract([bag], params, tmp / 'cache') == 0, capsys.readouterr().err
+    cache = FeatureCache.load(tmp / 'cache' / 'train')
+
+    engine = build_engine(PerceptionConfig.from_params(load_params_file(params)))
+    live = {}
+    for frame in iter_frames(bag, TOPIC):
+        if engine.push(frame.image, frame.stamp_ns).predictions:
+            ring = engine.ring
+            order = [(ring.next + i) % ring.capacity for i in range(ring.capacity)]
+            live[tuple(ring.stamps[i] for i in order)] = ring.window().clone()
+    assert engine.stats['resets'] == 1  # the gap restarted the window, as in the node
+
+    timeline = Timeline([Segment(START_NS, START_NS + 3 * S, 'wave'),
+                         Segment(START_NS + 3 * S, START_NS + 5 * S, 'stir'),
+                         Segment(START_NS + 6 * S, START_NS + 11 * S, 'pick_up')])
+    inside = {s: timeline.label_over(s[0], s[-1]) for s in live}
+    inside = {s: label for s, label in inside.items() if label is not None}
+    assert len(cache.tokens) == len(inside) >= 10
+    assert set(cache.window_stamps) == set(inside)
+    worst = 0.0
+    for i, stamps in enumerate(cache.window_stamps):
+        assert cache.labels[cache.targets[i]] == inside[stamps]
+        cached = cache.tokens[i].float()  # (T, 1 + N, D)
+        reference = live[stamps].float()
+        torch.testing.assert_close(cached, reference, rtol=2e-3, atol=2e-3)
+        worst = max(worst, float((cached - reference).abs().max()))
+    print(f'skew: {len(inside)} windows identical in stamps, max token difference {worst:.2e}')
+
+
+def test_tokens_are_stored_once_per_sampled_frame(setup):
+    tmp, bag, params = setup
+    if not (tmp / 'cache' / 'index.json').is_file():
+        assert run_extract([bag], params, tmp / 'cache') == 0
+    index = json.loads((tmp / 'cache' / 'index.json').read_text())
+    rec = index['recordings'][0]
+    frames = sum(s['count'] for s in rec['shards'])
+    assert frames == len(rec['stamps']) < 90  # 90 images at 10 fps, one kept every 0.25 s
+    assert rec['runs'][0] == 0 and rec['runs'][-1] == 1  # the gap began a second run
+    period = np.diff(rec['stamps'])[np.diff(rec['runs']) == 0]
+    assert np.all(np.abs(period - 0.25 * S) <= 0.1 * S)
+
+
+def test_split_by_recording_and_train_eval_read_it(tmp_path, setup, capsys):
+    _, _, params = setup
+    bags = [write_synth_bag(tmp_path / f'rec{i}', seconds=5.0, fps=10.0, size=(48, 64),
+                            seed=i, action_seconds=2.5, progress=False)[0] for i in range(3)]
+    out = tmp_path / 'cache'
+    code = run_extract(bags, params, out, '--split', 'train', '--split', 'train', '--split',
+                       'val', '--stride', '2')
+    assert code == 0, capsys.readouterr().err
+    train_cache, val_cache = FeatureCache.load(out / 'train'), FeatureCache.load(out / 'val')
+    everything = FeatureCache.load(out)
+    assert [r['bag'] for r in train_cache.recordings] == [str(b) for b in bags[:2]]
+    assert [r['bag'] for r in val_cache.recordings] == [str(bags[2])]
+    assert set(train_cache.window_recordings) == {0, 1} and set(val_cache.window_recordings) == {2}
+    assert len(everything.tokens) == len(train_cache.tokens) + len(val_cache.tokens)
+    assert train_cache.labels == ACTIONS  # pairs.yaml of synth --bag: the full label set
+    assert train_cache.tokens[:3].shape == (3, T, *train_cache.tokens.frames.shape[1:])
+    run = tmp_path / 'run'
+    assert train.main(['--cache', str(out / 'train'), '--val-cache', str(out / 'val'),
+                       '--head', 'step', '--epochs', '1', '--out', str(run)]) == 0
+    assert evaluate.main(['--cache', str(out / 'val'), '--checkpoint',
+                          str(run / 'step.safetensors'), '--out', str(tmp_path / 'eval')]) == 0
+    meta = json.loads((run / 'config.json').read_text())
+    assert meta['window_seconds'] == WINDOW  # the node's window, from the parameters file
+
+
+def test_interrupted_extract_resumes_to_the_same_cache(tmp_path, setup, monkeypatch):
+    _, bag, params = setup
+    assert run_extract([bag], params, tmp_path / 'whole', '--shard-size', '4') == 0
+    calls = {'n': 0}
+    real = bag_dataset.encode
+
+    def failing(*args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bag_dataset, 'encode', failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_extract([bag], params, tmp_path / 'part', '--shard-size', '4')
+    index = json.loads((tmp_path / 'part' / 'index.json').read_text())
+    assert len(index['recordings'][0]['shards']) == 2 and not index['recordings'][0]['done']
+    monkeypatch.setattr(bag_dataset, 'encode', real)
+    assert run_extract([bag], params, tmp_path / 'part', '--shard-size', '4') == 0
+    whole, part = (FeatureCache.load(tmp_path / name / 'train') for name in ('whole', 'part'))
+    assert part.window_stamps == whole.window_stamps
+    assert torch.equal(part.tokens.frames, whole.tokens.frames)
+    assert torch.equal(part.targets, whole.targets)
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['--frames', '16'], '--frames: with --bag the parameters file'),
+    (['--labels', 'a.csv', '--labels', 'b.csv'], '--labels is given 2 times for 1 --bag'),
+    (['--split', 'train', '--split', 'val'], '--split is given 2 times'),
+])
+def test_bad_options_fail_with_one_line(setup, tmp_path, capsys, extra, words):
+    _, bag, params = setup
+    assert run_extract([bag], params, tmp_path / 'c', *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_one_recording_in_two_splits_is_refused(setup, tmp_path, capsys):
+    _, bag, params = setup
+    assert run_extract([bag, bag], params, tmp_path / 'c', '--split', 'train', '--split',
+                       'val') == 2
+    assert 'given twice' in capsys.readouterr().err
+
+
+def test_bad_node_setting_names_the_parameter(tmp_path, setup, capsys):
+    _, bag, _ = setup
+    params = write_params(tmp_path / 'p.yaml', {'backbone.weights': 'tiny', 'num_frames': 0})
+    assert run_extract([bag], params, tmp_path / 'c') == 2
+    assert 'num_frames=0' in capsys.readouterr().err
+
+
+def test_unknown_timeline_label_is_refused(tmp_path, setup, capsys):
+    _, bag, params = setup
+    (tmp_path / 'pairs.yaml').write_text('labels: [wave, stir]\nsymmetric_pairs: []\n')
+    code = run_extract([bag], params, tmp_path / 'c', '--pairs', str(tmp_path / 'pairs.yaml'))
+    assert code == 2 and "['pick_up']" in capsys.readouterr().err
+
+
+def test_relative_timeline_counts_from_the_first_frame(tmp_path, setup):
+    _, bag, params = setup
+    first = next(iter_frames(bag, TOPIC)).stamp_ns
+    rel = tmp_path / 'rel.csv'
+    write_timeline(rel, [(s.start_ns - first, s.end_ns - first, s.label) for s in
+                         Timeline([Segment(START_NS, START_NS + 3 * S, 'wave'),
+                                   Segment(START_NS + 3 * S, START_NS + 5 * S, 'stir'),
+                                   Segment(START_NS + 6 * S, START_NS + 11 * S, 'pick_up')]
+                                  ).segments])
+    assert run_extract([bag], params, tmp_path / 'abs') == 0
+    assert run_extract([bag], params, tmp_path / 'rel', '--labels', str(rel), '--relative') == 0
+    a, r = (FeatureCache.load(tmp_path / n) for n in ('abs', 'rel'))
+    assert a.window_stamps == r.window_stamps and torch.equal(a.targets, r.targets)
+

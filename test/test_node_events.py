@@ -1,0 +1,123 @@
+"""The node's decided output: warming_up, stable fields, START / END events on
+human_action/events, an END when the stream restarts, and the README's planner snippet reacting
+to those events."""
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
+pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
+
+from node_helpers import REPO, ChildProcess, NodeProcess, spin_until, tiny_params  # noqa: E402,I001
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from step_ros_msgs.msg import ActionEvent, HumanAction  # noqa: E402
+
+from step_ros.ros.conversions import ns_to_time, rgb_to_image, stamp_to_ns  # noqa: E402
+from step_ros.ros.perception_node import EVENT_QOS, IMAGE_QOS, RESULT_QOS  # noqa: E402
+
+T = 4
+PERIOD_NS = 250_000_000  # window_seconds 1.0 / T: every published frame is sampled
+BASE_NS = 5_000_000_000_000
+# Whatever the random head says becomes the stable action at once: the test is about the
+# plumbing (every decision published, events in order, END on a restart), not the thresholds.
+EAGER = {'decision.smoothing_seconds': 0.0, 'decision.enter_threshold': 0.01,
+         'decision.exit_threshold': 0.005, 'decision.min_dwell_seconds': 0.0,
+         'decision.min_confidence': 0.0}
+
+
+def readme_planner() -> str:
+    readme = (REPO / 'README.md').read_text()
+    found = re.search(r'A planner reacting to events.*?```python\n(.*?)```', readme, re.S)
+    assert found, 'README has no planner snippet after "A planner reacting to events"'
+    return found.group(1)
+
+
+def seconds(t) -> float:
+    return t.sec + t.nanosec * 1e-9
+
+
+def test_events_and_readme_planner(client, env, tmp_path):
+    node, executor = client
+    planner_file = tmp_path / 'planner.py'
+    planner_file.write_text(readme_planner())
+    params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable',
+                         **EAGER)
+    actions, events = [], []
+    node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
+    node.create_subscription(ActionEvent, '/human_action/events', events.append, EVENT_QOS)
+    camera = node.create_publisher(Image, '/image', IMAGE_QOS['reliable'])
+    perception = NodeProcess(['--params-file', str(params)], env=env, log=tmp_path / 'node.log')
+    planner = ChildProcess([sys.executable, str(planner_file)], env=env,
+                           log=tmp_path / 'planner.log')
+    frame = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+
+    def publish(stamps: list[int]) -> None:
+        """Frame by frame, each after the node answered the previous one: a busy machine
+        must not make the latest-wins worker drop one."""
+        for stamp in stamps:
+            count = len(actions)
+            camera.publish(rgb_to_image(frame, header=Header(stamp=ns_to_time(stamp),
+                                                             frame_id='cam')))
+            assert spin_until(executor, lambda: len(actions) > count, timeout=30,
+                              process=perception), (stamp, len(actions), perception.output())
+
+    try:
+        # The node and the planner (plus this test) on the events topic.
+        assert spin_until(executor, lambda: camera.get_subscription_count() > 0
+                          and node.count_subscribers('/human_action/events') >= 2,
+                          timeout=180, process=perception), \
+            f'node or planner not up:\n{perception.output()}\n{planner.output()}'
+        first = [BASE_NS + i * PERIOD_NS for i in range(T + 3)]
+        publish(first)
+        assert spin_until(executor, lambda: len(actions) == T + 3, timeout=30,
+                          process=perception), (len(actions), perception.output())
+        # Stamps jump back 100 s (a bag loop): the open action ends, the window refills.
+        second = [BASE_NS - 100_000_000_000 + i * PERIOD_NS for i in range(T + 1)]
+        publish(second)
+        assert spin_until(executor, lambda: len(actions) == 2 * T + 4, timeout=30,
+                          process=perception), (len(actions), perception.output())
+        spin_until(executor, lambda: len(events) >= 3, timeout=5)
+        spin_until(executor, lambda: planner.output().count(' at ') >= len(events), timeout=10)
+    finally:
+        perception.stop()
+        planner.stop()
+
+    # While the window fills: one warming_up message per sampled frame, no raw result.
+    states = [a.state for a in actions]
+    assert states == ['warming_up'] * (T - 1) + ['active'] * 4 + \
+        ['warming_up'] * (T - 1) + ['active'] * 2, states
+    for a in actions[:T - 1]:
+        assert (a.label, a.label_id, a.stable_label, a.top_labels) == ('', -1, '', []), a
+    assert [a.frames for a in actions[:T - 1]] == list(range(1, T)), actions[:T - 1]
+    assert stamp_to_ns(actions[0].window_start) == first[0], actions[0]
+
+    # A constant frame: one stable label, a START, the END at the restart, a START again.
+    label = actions[T - 1].label
+    assert [(e.kind, e.label) for e in events] == [
+        (ActionEvent.START, label), (ActionEvent.END, label), (ActionEvent.START, label)], events
+    start, end, again = events
+    for event, newest, stream in ((start, T - 1, first), (again, 2 * T + 2, second)):
+        decided = actions[newest]  # the first full window decided it
+        assert event.header == decided.header and event.window_start == decided.window_start
+        assert event.task == 'action' and 0 < event.confidence <= 1, event
+        assert stream[0] <= stamp_to_ns(event.stamp) <= stamp_to_ns(event.header.stamp), event
+        assert (event.duration.sec, event.duration.nanosec) == (0, 0), event
+    onset = stamp_to_ns(start.stamp)
+    for a in actions[T - 1:T + 3]:
+        assert (a.stable_label, stamp_to_ns(a.stable_since)) == (label, onset), a
+        assert abs(a.stable_confidence - a.confidence) < 1e-5, a  # no smoothing
+    # The END: offset no later than the last window of the first stream, duration = offset -
+    # onset, header the decision of that last window.
+    offset = stamp_to_ns(end.stamp)
+    assert onset <= offset <= first[-1], (onset, offset)
+    assert abs(seconds(end.duration) - (offset - onset) / 1e9) < 1e-6, end
+    assert stamp_to_ns(end.header.stamp) <= first[-1] and end.header.frame_id == 'cam', end
+
+    # The README planner logged each event it received, in order.
+    logged = re.findall(r'(START|END) (\w+) at (\d+\.\d{3})', planner.output())
+    assert logged == [(e.kind.upper(), e.label, f'{seconds(e.stamp):.3f}') for e in events], \
+        planner.output()

@@ -1,0 +1,66 @@
+"""Training is seeded and follows warmup + cosine: pinned on the optimiser itself."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from step_ros.features import FeatureCache
+from step_ros.heads import PRESETS
+from step_ros.training import TrainConfig, lr_at, train_heads
+
+T, N, D = 4, 4, 16
+
+
+def _cache(count: int = 24) -> FeatureCache:
+    g = torch.Generator().manual_seed(5)
+    return FeatureCache(tokens=torch.randn(count, T, 1 + N, D, generator=g).half(),
+                        targets=torch.arange(count) % 3, labels=('a', 'b', 'c'),
+                        symmetric_pairs=(('a', 'b'),), backbone={}, num_frames=T,
+                        window_seconds=1.0, path='memory')
+
+
+HEADS = {'step': replace(PRESETS['step'], num_heads=2)}
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    config = TrainConfig(epochs=2, batch_size=8, warmup_epochs=1, seed=seed)
+    trained = train_heads(_cache(), HEADS, config, progress=False)
+    return {k: v.clone() for k, v in trained[0].module.state_dict().items()}
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    torch.manual_seed(123)  # the global generator's state must not matter
+    first = _weights(0)
+    torch.rand(1000)  # ... nor how far it has advanced
+    again = _weights(0)
+    assert all(torch.equal(first[k], again[k]) for k in first), 'seed 0 twice: weights differ'
+    other = _weights(1)
+    differ = [k for k in first if not torch.equal(first[k], other[k])]
+    assert len(differ) == len(first), f'seed 1 left {set(first) - set(differ)} unchanged'
+
+
+def test_training_uses_warmup_then_cosine(monkeypatch):
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        seen.append([g['lr'] for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, 'step', recording)
+    config = TrainConfig(epochs=4, batch_size=8, lr=1e-3, warmup_epochs=1, embed_lr_scale=10.0)
+    train_heads(_cache(), HEADS, config, progress=False)
+    steps_per_epoch, total = 3, 12  # 24 clips in batches of 8, 4 epochs
+    assert len(seen) == total, len(seen)
+    expected = [config.lr * lr_at(i, total=total, warmup=steps_per_epoch) for i in range(total)]
+    base = [lrs[0] for lrs in seen]  # the decaying weights' group
+    assert base == pytest.approx(expected, rel=1e-9), (base, expected)
+    # Warmup rises linearly to the peak, then the cosine decays towards 0.
+    assert base[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert base[3] == pytest.approx(1e-3) and base[-1] < 0.05 * 1e-3
+    assert all(a > b for a, b in zip(base[3:], base[4:])), base
+    assert math.isclose(seen[5][-1], 10.0 * seen[5][0]), seen[5]  # embeddings: 10x the step
