@@ -1,7 +1,9 @@
 """Clip lists, video reading and the feature cache of frozen-backbone tokens.
 
 A cache directory holds fp16 shards (`shard_00000.safetensors`, tensor `tokens` of shape
-(clips, T, 1 + N, D)) and `index.json` (backbone, T, labels, symmetric pairs, one entry per clip).
+(clips, T, 1 + N, D)) and `index.json` (backbone, T, labels, symmetric pairs, one entry per clip,
+and the labels of every further task: a CSV column besides path, label, start and end is a task
+of that name, e.g. synth's `object`).
 Shards are written whole and the index is replaced atomically after each, so an interrupted
 extraction resumes at the first clip without a shard.
 """
@@ -41,12 +43,18 @@ class Clip:
     end: float | None = None  # seconds; None: to the last frame
 
 
+COLUMNS = ('path', 'label', 'start', 'end')  # any other column is a further task
+
+
 @dataclass(frozen=True)
 class ClipList:
     clips: tuple[Clip, ...]
     labels: tuple[str, ...]
     symmetric_pairs: tuple[tuple[str, str], ...]
     source: str
+    # further tasks: name -> the label of every clip, in clip order (the `label` column is the
+    # main task, the one the symmetric pairs and `labels` are about)
+    tasks: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _float(value: str, *, where: str) -> float | None:
@@ -99,10 +107,18 @@ def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None
         if missing:
             raise DataError(f'{csv_path}: header {header} lacks {missing}')
         clips = []
+        task_names = [c for c in header if c not in COLUMNS]
+        task_rows: dict[str, list[str]] = {name: [] for name in task_names}
         for line, row in enumerate(reader, start=2):
             where = f'{csv_path}:{line}'
             if not row['path'] or not row['label']:
                 raise DataError(f'{where}: empty path or label')
+            for name in task_names:
+                value = (row.get(name) or '').strip()
+                if not value:
+                    raise DataError(f'{where}: empty {name!r} (a task column: every clip needs '
+                                    'a label)')
+                task_rows[name].append(value)
             video = (csv_path.parent / row['path']).resolve()
             if not video.is_file():
                 raise DataError(f'{where}: video {row["path"]!r} not found ({video})')
@@ -129,7 +145,8 @@ def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None
         pairs = validate_pairs(labels, raw_pairs)
     except ValueError as exc:
         raise DataError(f'{pairs_path}: {exc}') from exc
-    return ClipList(tuple(clips), tuple(labels), pairs, str(csv_path))
+    tasks = tuple((name, tuple(values)) for name, values in task_rows.items())
+    return ClipList(tuple(clips), tuple(labels), pairs, str(csv_path), tasks)
 
 
 def sample_indices(count: int, num_frames: int, *, fps: float, start: float | None,
@@ -314,7 +331,8 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
     index = dict(format=FORMAT, backbone=backbone.info.to_dict(), num_frames=num_frames,
                  labels=list(clip_list.labels),
                  symmetric_pairs=[list(p) for p in clip_list.symmetric_pairs],
-                 source=clip_list.source, clips=clips, spans=[], shards=[])
+                 source=clip_list.source, clips=clips, spans=[], shards=[],
+                 tasks={name: list(values) for name, values in clip_list.tasks})
     index_path = out / INDEX
     if index_path.is_file():
         old = _read_index(index_path)
@@ -325,7 +343,7 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
         # Tokens stay valid; the label list and pairs (pairs.yaml may have been edited) are the
         # clip list's own.
         index = {**old, 'labels': index['labels'], 'symmetric_pairs': index['symmetric_pairs'],
-                 'source': index['source']}
+                 'source': index['source'], 'tasks': index['tasks']}
         _write_json(index_path, index)
     done = sum(s['count'] for s in index['shards'])
     bar = tqdm(total=len(clips), initial=done, desc='extract', unit='clip', disable=not progress)
@@ -362,6 +380,7 @@ class FeatureCache:
     num_frames: int
     window_seconds: float  # median node window of the clips (see read_frames)
     path: str
+    tasks: dict[str, list[str]] | None = None  # further tasks: name -> label of every clip
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureCache:
@@ -394,9 +413,27 @@ class FeatureCache:
                                 f"do not match {list(parts[0].shape)} of {shards[0]['file']}")
         tokens = torch.cat(parts)
         targets = torch.tensor([labels.index(c['label']) for c in clips])
+        tasks = index.get('tasks') or {}
+        if not isinstance(tasks, dict) or any(
+                not isinstance(v, list) or len(v) != len(clips)
+                or not all(isinstance(x, str) for x in v) for v in tasks.values()):
+            raise DataError(f'{index_path}: damaged cache index: tasks must map a name to one '
+                            'label per clip; delete the cache directory and extract again')
         return cls(tokens=tokens, targets=targets, labels=labels, symmetric_pairs=pairs,
                    backbone=index['backbone'], num_frames=num_frames,
-                   window_seconds=float(np.median(spans)), path=str(path))
+                   window_seconds=float(np.median(spans)), path=str(path), tasks=tasks)
+
+    def task(self, name: str) -> tuple[tuple[str, ...], torch.Tensor, tuple]:
+        """(labels, targets (clips,), symmetric pairs) of a task.
+
+        A further task's own column when the clip list had one, else the main `label` column
+        (whatever the task is called: `--task gesture` on a path,label list trains on labels).
+        """
+        if name not in (self.tasks or {}):
+            return self.labels, self.targets, self.symmetric_pairs
+        values = self.tasks[name]
+        labels = tuple(sorted(set(values)))
+        return labels, torch.tensor([labels.index(v) for v in values]), ()
 
     @property
     def num_patches(self) -> int:

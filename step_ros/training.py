@@ -49,6 +49,7 @@ class TrainedHead:
     module: nn.Module
     config: HeadConfig
     log: list[dict]  # one entry per epoch
+    task: str | None = None  # the cache task it was trained on (None: the main `label` task)
 
 
 def lr_at(step: int, *, total: int, warmup: int) -> float:
@@ -92,18 +93,34 @@ def predict(module: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64,
     return torch.cat(out)
 
 
+def _val_targets(val: FeatureCache, task: str, labels: tuple[str, ...]) -> torch.Tensor:
+    """The validation cache's label ids of a task in the training labels (-1: unknown there)."""
+    val_labels, val_targets, _ = val.task(task)
+    mapping = torch.tensor([labels.index(n) if n in labels else -1 for n in val_labels])
+    return mapping[val_targets]
+
+
 def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: TrainConfig, *,
-                val: FeatureCache | None = None, progress: bool = True) -> list[TrainedHead]:
-    """Train every head on the same batches of `cache`; returns them in eval mode."""
+                val: FeatureCache | None = None, progress: bool = True,
+                tasks: dict[str, str] | None = None) -> list[TrainedHead]:
+    """Train every head on the same batches of `cache`; returns them in eval mode.
+
+    `tasks` maps a head name to the cache task it learns (see FeatureCache.task); heads it does
+    not name learn the main `label` task. Every task's heads see exactly the same batches.
+    """
     config.validate()
     if val is not None and val.labels != cache.labels:
         raise ValueError(f'{val.path}: labels {list(val.labels)} differ from the training '
                          f'cache {cache.path}: {list(cache.labels)}')
-    modules, optimisers = {}, {}
+    tasks = tasks or {}
+    modules, optimisers, targets, val_targets = {}, {}, {}, {}
     for name, head_config in heads.items():
+        labels, targets[name], _ = cache.task(tasks.get(name, 'label'))
+        if val is not None:
+            val_targets[name] = _val_targets(val, tasks.get(name, 'label'), labels)
         torch.manual_seed(config.seed)  # every head starts from the same seed
         module = build_head(head_config, dim=cache.dim, num_frames=cache.num_frames,
-                            num_patches=cache.num_patches, num_classes=len(cache.labels))
+                            num_patches=cache.num_patches, num_classes=len(labels))
         modules[name] = module
         optimisers[name] = torch.optim.AdamW(param_groups(module, config), lr=config.lr)
     n = len(cache.tokens)
@@ -122,12 +139,12 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
         for i in range(0, n, config.batch_size):
             idx = order[i:i + config.batch_size]
             x = cache.tokens[idx].float()  # (B, T, 1+N, D), read once for all heads
-            y = cache.targets[idx]
             factor = lr_at(step, total=total, warmup=warmup)
             for name, module in modules.items():
                 optimiser = optimisers[name]
                 for group in optimiser.param_groups:
                     group['lr'] = config.lr * factor * group['lr_scale']
+                y = targets[name][idx]
                 logits = module(x)  # (B, C)
                 loss = F.cross_entropy(logits, y)
                 optimiser.zero_grad(set_to_none=True)
@@ -142,12 +159,13 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
                          lr=config.lr * lr_at(step - 1, total=total, warmup=warmup))
             if val is not None:
                 logits = predict(module, val.tokens)
-                entry['val_acc'] = float((logits.argmax(1) == val.targets).float().mean())
+                entry['val_acc'] = float((logits.argmax(1) == val_targets[name]).float().mean())
             logs[name].append(entry)
         bar.set_postfix({k: f"{v[-1].get('val_acc', v[-1]['train_acc']):.2f}"
                          for k, v in list(logs.items())[:4]})
     bar.close()
-    return [TrainedHead(name, modules[name].eval(), heads[name], logs[name]) for name in heads]
+    return [TrainedHead(name, modules[name].eval(), heads[name], logs[name], tasks.get(name))
+            for name in heads]
 
 
 def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
@@ -163,11 +181,13 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
         training = dict(preset=head.name, cache=cache.path, clips=len(cache.tokens),
                         config=asdict(config), params=count_trainable(head.module),
                         final={k: round(v, 4) for k, v in final.items()}, **(extra or {}))
-        meta = HeadMeta(task=task, labels=cache.labels, symmetric_pairs=cache.symmetric_pairs,
+        labels, _, pairs = cache.task(head.task or 'label')
+        meta = HeadMeta(task=head.task or task, labels=labels, symmetric_pairs=pairs,
                         head=head.config, num_frames=cache.num_frames, backbone=cache.backbone,
                         window_seconds=float(window), training=training)
         paths.append(save_head(out / f'{head.name}.safetensors', head.module, meta))
     resolved = dict(train=asdict(config), task=task, window_seconds=window, cache=cache.path,
+                    tasks={h.name: h.task or task for h in trained},
                     heads={h.name: h.config.to_dict() for h in trained}, **(extra or {}))
     (out / 'config.json').write_text(json.dumps(resolved, indent=2) + '\n')
     with (out / 'log.jsonl').open('w') as f:

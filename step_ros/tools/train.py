@@ -1,7 +1,9 @@
 """`python -m step_ros train`: train one or more heads on one pass over a feature cache.
 
 Writes <out>/<head>.safetensors for every --head, config.json (the resolved settings),
-log.jsonl (loss and accuracy per epoch and head) and curves.png.
+log.jsonl (loss and accuracy per epoch and head) and curves.png. With several --task (columns
+of the clip list, e.g. `--task action --task object` on synth's data), every head is trained
+for every task on the same pass over the cache and written as <out>/<task>_<head>.safetensors.
 """
 
 from __future__ import annotations
@@ -32,6 +34,28 @@ def resolve_heads(names: list[str], *, dim: int, num_heads: int = 0) -> dict[str
         raise ValueError(f'--head {unknown}: unknown; choose from {sorted(PRESETS)} or all')
     heads = num_heads or auto_num_heads(dim)
     return {n: replace(PRESETS[n], num_heads=heads) for n in dict.fromkeys(names)}
+
+
+def task_heads(presets: dict[str, HeadConfig], tasks: list[str], cache: FeatureCache
+               ) -> tuple[dict[str, HeadConfig], dict[str, str]]:
+    """Heads for every task: ({head name: config}, {head name: task}).
+
+    One task keeps the preset names; several name each head <task>_<preset>. At most one task
+    may be the main `label` column (a name that is not a further column of the cache).
+    """
+    tasks = list(dict.fromkeys(tasks))
+    main = [t for t in tasks if t not in (cache.tasks or {})]
+    if len(main) > 1:
+        raise ValueError(f'--task {main}: all read the label column; further tasks in '
+                         f'{cache.path}: {sorted(cache.tasks or {})}')
+    if len(tasks) == 1:
+        return dict(presets), {name: tasks[0] for name in presets}
+    heads, of = {}, {}
+    for task in tasks:
+        for preset, config in presets.items():
+            heads[f'{task}_{preset}'] = config
+            of[f'{task}_{preset}'] = task
+    return heads, of
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +94,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--head', action='append', required=True,
                         help=f"head preset, repeatable, or 'all': {', '.join(PRESETS)}")
     parser.add_argument('--out', type=Path, required=True, help='run directory')
-    parser.add_argument('--task', default='action', help='task name in the checkpoint (action)')
+    parser.add_argument('--task', action='append', default=None,
+                        help='task, repeatable: a further column of the clip list (e.g. object) '
+                             "or the name of the main `label` column's task (default: action)")
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
@@ -83,10 +109,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         cache = FeatureCache.load(args.cache)
         val = FeatureCache.load(args.val_cache) if args.val_cache else None
-        heads = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
+        presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
+        heads, tasks = task_heads(presets, args.task or ['action'], cache)
         config = train_config(args)
-        trained = train_heads(cache, heads, config, val=val)
-        paths = save_run(args.out, trained, cache, config, task=args.task,
+        trained = train_heads(cache, heads, config, val=val, tasks=tasks)
+        paths = save_run(args.out, trained, cache, config, task=(args.task or ['action'])[0],
                          window_seconds=args.window_seconds,
                          extra=dict(val_cache=str(args.val_cache) if val else None))
     except (DataError, ValueError) as exc:
