@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
 from step_ros.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
+from step_ros.distributed import Dist
 
 FORMAT = 'step_ros.features/1'
 INDEX = 'index.json'
@@ -317,15 +318,9 @@ def _write_json(path: Path, values: dict) -> None:
     os.replace(tmp, path)
 
 
-def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, out: str | Path,
-            shard_size: int = 64, batch_clips: int = 8, progress: bool = True) -> Path:
-    """Encode every clip's T frames once; resumes a matching partial cache in `out`."""
-    if not 1 <= num_frames <= MAX_FRAMES:
-        raise DataError(f'num_frames={num_frames}: must be in [1, {MAX_FRAMES}] (a head takes '
-                        f'at most {MAX_FRAMES} frames)')
-    check_memory(clip_list.clips[0], backbone, num_frames=num_frames,
-                 shard_size=min(shard_size, len(clip_list.clips)), batch_clips=batch_clips)
-    out = Path(out)
+def open_index(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int,
+               out: Path) -> dict:
+    """The index of `out`: a new one, or the matching partial one to resume (else DataError)."""
     out.mkdir(parents=True, exist_ok=True)
     clips = [asdict(c) for c in clip_list.clips]
     index = dict(format=FORMAT, backbone=backbone.info.to_dict(), num_frames=num_frames,
@@ -345,29 +340,133 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
         index = {**old, 'labels': index['labels'], 'symmetric_pairs': index['symmetric_pairs'],
                  'source': index['source'], 'tasks': index['tasks']}
         _write_json(index_path, index)
+    return index
+
+
+def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, out: str | Path,
+            shard_size: int = 64, batch_clips: int = 8, progress: bool = True,
+            dist: Dist | None = None) -> Path:
+    """Encode every clip's T frames once; resumes a matching partial cache in `out`.
+
+    With `dist` (a torchrun process group; `out` on a file system all ranks share), shard k of
+    the single-process run goes to rank k mod W, so the cache is the same shards of the same
+    clips; see extract_ranked.
+    """
+    if not 1 <= num_frames <= MAX_FRAMES:
+        raise DataError(f'num_frames={num_frames}: must be in [1, {MAX_FRAMES}] (a head takes '
+                        f'at most {MAX_FRAMES} frames)')
+    check_memory(clip_list.clips[0], backbone, num_frames=num_frames,
+                 shard_size=min(shard_size, len(clip_list.clips)), batch_clips=batch_clips)
+    if dist is not None:
+        return extract_ranked(clip_list, backbone, num_frames=num_frames, out=out,
+                              shard_size=shard_size, batch_clips=batch_clips,
+                              progress=progress, dist=dist)
+    out = Path(out)
+    index = open_index(clip_list, backbone, num_frames=num_frames, out=out)
+    index_path = out / INDEX
+    clips = index['clips']
     done = sum(s['count'] for s in index['shards'])
     bar = tqdm(total=len(clips), initial=done, desc='extract', unit='clip', disable=not progress)
     while done < len(clips):
         chunk = clip_list.clips[done:done + shard_size]
-        tokens, spans = [], []
-        for i in range(0, len(chunk), batch_clips):
-            batch = [read_frames(c, num_frames) for c in chunk[i:i + batch_clips]]
-            if len({f.shape for f, _ in batch}) > 1:  # clips of different sizes: one at a time
-                encoded = torch.cat([_encode(backbone, f) for f, _ in batch])
-            else:
-                encoded = _encode(backbone, np.concatenate([f for f, _ in batch]))
-            tokens.append(encoded.reshape(len(batch), num_frames,
-                                          *encoded.shape[1:]))  # (b, T, 1+N, D)
-            spans += [s for _, s in batch]
-            bar.update(len(batch))
+        tokens, spans = encode_chunk(chunk, backbone, num_frames=num_frames,
+                                     batch_clips=batch_clips, bar=bar)
         name = f'shard_{len(index["shards"]):05d}.safetensors'
-        save_file({'tokens': torch.cat(tokens).contiguous()}, str(out / name))
+        save_file({'tokens': tokens}, str(out / name))
         index['shards'].append(dict(file=name, count=len(chunk)))
         index['spans'] += spans
         _write_json(index_path, index)
         done += len(chunk)
     bar.close()
     return out
+
+
+def encode_chunk(chunk: tuple[Clip, ...], backbone: FrozenBackbone, *, num_frames: int,
+                 batch_clips: int, bar: tqdm) -> tuple[torch.Tensor, list[float]]:
+    """The tokens (clips, T, 1+N, D) fp16 and node windows of the clips of one shard."""
+    tokens, spans = [], []
+    for i in range(0, len(chunk), batch_clips):
+        batch = [read_frames(c, num_frames) for c in chunk[i:i + batch_clips]]
+        if len({f.shape for f, _ in batch}) > 1:  # clips of different sizes: one at a time
+            encoded = torch.cat([_encode(backbone, f) for f, _ in batch])
+        else:
+            encoded = _encode(backbone, np.concatenate([f for f, _ in batch]))
+        tokens.append(encoded.reshape(len(batch), num_frames,
+                                      *encoded.shape[1:]))  # (b, T, 1+N, D)
+        spans += [s for _, s in batch]
+        bar.update(len(batch))
+    return torch.cat(tokens).contiguous(), spans
+
+
+def extract_ranked(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int,
+                   out: str | Path, shard_size: int, batch_clips: int, progress: bool,
+                   dist: Dist) -> Path:
+    """`extract` under torchrun: every rank encodes its shards, rank 0 then writes the index.
+
+    The shards are the single-process run's (shard k holds clips [k*S, (k+1)*S) after those an
+    existing partial index already lists), each rank taking every W-th. A rank writes a shard
+    atomically and then a small `shard_k.json` beside it (its clips and node windows); on a
+    re-run, shards with such a record are skipped, so every rank resumes where it stopped
+    whatever the world size. After a barrier rank 0 folds the records into index.json exactly as
+    a single process would have written it and removes them.
+    """
+    out = Path(out)
+    index_path = out / INDEX
+    if dist.is_main:  # creates or checks (and refreshes) the index before anyone encodes
+        _write_json(index_path, open_index(clip_list, backbone, num_frames=num_frames, out=out))
+    dist.barrier()
+    if not index_path.is_file():
+        raise DataError(f'{out}: rank 0 wrote no {INDEX}; is --out on a file system that every '
+                        'rank shares?')
+    index = _read_index(index_path)
+    first = sum(s['count'] for s in index['shards'])
+    starts = list(range(first, len(clip_list.clips), shard_size))
+    plan = [(len(index['shards']) + k, start) for k, start in enumerate(starts)]
+    size = {start: len(clip_list.clips[start:start + shard_size]) for start in starts}
+    mine = [(k, start) for k, start in plan[dist.rank::dist.world_size]
+            if _record(out, k, start=start, count=size[start]) is None]
+    bar = tqdm(total=sum(size[start] for _, start in mine),
+               desc=f'extract rank {dist.rank}/{dist.world_size}', unit='clip',
+               disable=not (progress and dist.is_main))
+    for k, start in mine:
+        chunk = clip_list.clips[start:start + shard_size]
+        tokens, spans = encode_chunk(chunk, backbone, num_frames=num_frames,
+                                     batch_clips=batch_clips, bar=bar)
+        name = f'shard_{k:05d}.safetensors'
+        tmp = out / f'{name}.rank{dist.rank}.tmp'
+        save_file({'tokens': tokens}, str(tmp))
+        os.replace(tmp, out / name)
+        _write_json(out / f'shard_{k:05d}.json', dict(start=start, count=len(chunk),
+                                                       spans=spans))
+    bar.close()
+    dist.barrier()
+    if dist.is_main:
+        for k, start in plan:
+            record = _record(out, k, start=start, count=size[start])
+            if record is None:
+                raise DataError(f'{out}: shard {k} was not written by its rank')
+            index['shards'].append(dict(file=f'shard_{k:05d}.safetensors',
+                                        count=record['count']))
+            index['spans'] += record['spans']
+        _write_json(index_path, index)
+        for k, _ in plan:
+            (out / f'shard_{k:05d}.json').unlink()
+    dist.barrier()  # every rank returns once the index is complete
+    return out
+
+
+def _record(out: Path, k: int, *, start: int, count: int) -> dict | None:
+    """The record of a finished shard k of clips [start, start + count), or None."""
+    path = out / f'shard_{k:05d}.json'
+    if not path.is_file() or not (out / f'shard_{k:05d}.safetensors').is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # damaged (written by hand, disk full): the shard is encoded again
+    if not isinstance(record, dict) or not isinstance(record.get('spans'), list):
+        return None
+    return record if (record.get('start'), record.get('count')) == (start, count) else None
 
 
 @dataclass

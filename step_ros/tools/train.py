@@ -6,6 +6,8 @@ of the clip list, e.g. `--task action --task object` on synth's data), every hea
 for every task on the same pass over the cache and written as <out>/<task>_<head>.safetensors.
 With --val-cache, each head's temperature is fitted on the validation windows (NLL) and stored
 in its checkpoint, with the ECE before and after in calibration.json.
+Under torchrun the heads train with DistributedDataParallel, --batch-size is per rank (global
+batch = batch x world size) and rank 0 alone writes the run (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from step_ros.distributed import rank_device, session
 from step_ros.features import DataError, FeatureCache
 from step_ros.heads import PRESETS, HeadConfig
 from step_ros.training import TrainConfig, fit_temperatures, save_run, train_heads
@@ -106,6 +109,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
+    parser.add_argument('--device', default='cpu',
+                        help="'cpu', 'cuda' or 'auto'; under torchrun CPU ranks use gloo, CUDA "
+                             'ranks NCCL with one GPU each (cpu)')
     add_train_arguments(parser)
     return parser
 
@@ -113,19 +119,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        cache = FeatureCache.load(args.cache)
-        val = FeatureCache.load(args.val_cache) if args.val_cache else None
-        presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
-        heads, tasks = task_heads(presets, args.task or ['action'], cache)
-        config = train_config(args)
-        trained = train_heads(cache, heads, config, val=val, tasks=tasks)
-        calibration = fit_temperatures(trained, val) if val is not None else {}
-        paths = save_run(args.out, trained, cache, config, task=(args.task or ['action'])[0],
-                         window_seconds=args.window_seconds,
-                         extra=dict(val_cache=str(args.val_cache) if val else None),
-                         temperatures={k: v['temperature'] for k, v in calibration.items()},
-                         background=args.background or None)
-    except (DataError, ValueError) as exc:
+        with session(device=args.device) as dist:  # a process group under torchrun, else None
+            cache = FeatureCache.load(args.cache)
+            val = FeatureCache.load(args.val_cache) if args.val_cache else None
+            presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
+            heads, tasks = task_heads(presets, args.task or ['action'], cache)
+            config = train_config(args)
+            device = rank_device(args.device, local_rank=0) if dist is None else dist.device
+            trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
+                                  device=device)
+            calibration = fit_temperatures(trained, val) if val is not None else {}
+            extra = dict(val_cache=str(args.val_cache) if val else None)
+            if dist is not None:
+                extra.update(world_size=dist.world_size,
+                             global_batch_size=config.batch_size * dist.world_size)
+            if dist is not None and not dist.is_main:  # rank 0 alone writes the run
+                return 0
+            paths = save_run(args.out, trained, cache, config,
+                             task=(args.task or ['action'])[0],
+                             window_seconds=args.window_seconds, extra=extra,
+                             temperatures={k: v['temperature'] for k, v in calibration.items()},
+                             background=args.background or None)
+    except (DataError, ValueError, RuntimeError) as exc:
         print(f'train: error: {exc}', file=sys.stderr)
         return 2
     if calibration:
