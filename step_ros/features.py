@@ -1,7 +1,9 @@
 """Clip lists, video reading and the feature cache of frozen-backbone tokens.
 
 A cache directory holds fp16 shards (`shard_00000.safetensors`, tensor `tokens` of shape
-(clips, T, 1 + N, D)) and `index.json` (backbone, T, labels, symmetric pairs, one entry per clip).
+(clips, T, 1 + N, D)) and `index.json` (backbone, T, labels, symmetric pairs, one entry per clip,
+and the labels of every further task: a CSV column besides path, label, start and end is a task
+of that name, e.g. synth's `object`).
 Shards are written whole and the index is replaced atomically after each, so an interrupted
 extraction resumes at the first clip without a shard.
 """
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
 from step_ros.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
+from step_ros.distributed import Dist
 
 FORMAT = 'step_ros.features/1'
 INDEX = 'index.json'
@@ -41,12 +44,18 @@ class Clip:
     end: float | None = None  # seconds; None: to the last frame
 
 
+COLUMNS = ('path', 'label', 'start', 'end')  # any other column is a further task
+
+
 @dataclass(frozen=True)
 class ClipList:
     clips: tuple[Clip, ...]
     labels: tuple[str, ...]
     symmetric_pairs: tuple[tuple[str, str], ...]
     source: str
+    # further tasks: name -> the label of every clip, in clip order (the `label` column is the
+    # main task, the one the symmetric pairs and `labels` are about)
+    tasks: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _float(value: str, *, where: str) -> float | None:
@@ -99,10 +108,18 @@ def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None
         if missing:
             raise DataError(f'{csv_path}: header {header} lacks {missing}')
         clips = []
+        task_names = [c for c in header if c not in COLUMNS]
+        task_rows: dict[str, list[str]] = {name: [] for name in task_names}
         for line, row in enumerate(reader, start=2):
             where = f'{csv_path}:{line}'
             if not row['path'] or not row['label']:
                 raise DataError(f'{where}: empty path or label')
+            for name in task_names:
+                value = (row.get(name) or '').strip()
+                if not value:
+                    raise DataError(f'{where}: empty {name!r} (a task column: every clip needs '
+                                    'a label)')
+                task_rows[name].append(value)
             video = (csv_path.parent / row['path']).resolve()
             if not video.is_file():
                 raise DataError(f'{where}: video {row["path"]!r} not found ({video})')
@@ -129,7 +146,8 @@ def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None
         pairs = validate_pairs(labels, raw_pairs)
     except ValueError as exc:
         raise DataError(f'{pairs_path}: {exc}') from exc
-    return ClipList(tuple(clips), tuple(labels), pairs, str(csv_path))
+    tasks = tuple((name, tuple(values)) for name, values in task_rows.items())
+    return ClipList(tuple(clips), tuple(labels), pairs, str(csv_path), tasks)
 
 
 def sample_indices(count: int, num_frames: int, *, fps: float, start: float | None,
@@ -300,21 +318,16 @@ def _write_json(path: Path, values: dict) -> None:
     os.replace(tmp, path)
 
 
-def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, out: str | Path,
-            shard_size: int = 64, batch_clips: int = 8, progress: bool = True) -> Path:
-    """Encode every clip's T frames once; resumes a matching partial cache in `out`."""
-    if not 1 <= num_frames <= MAX_FRAMES:
-        raise DataError(f'num_frames={num_frames}: must be in [1, {MAX_FRAMES}] (a head takes '
-                        f'at most {MAX_FRAMES} frames)')
-    check_memory(clip_list.clips[0], backbone, num_frames=num_frames,
-                 shard_size=min(shard_size, len(clip_list.clips)), batch_clips=batch_clips)
-    out = Path(out)
+def open_index(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int,
+               out: Path) -> dict:
+    """The index of `out`: a new one, or the matching partial one to resume (else DataError)."""
     out.mkdir(parents=True, exist_ok=True)
     clips = [asdict(c) for c in clip_list.clips]
     index = dict(format=FORMAT, backbone=backbone.info.to_dict(), num_frames=num_frames,
                  labels=list(clip_list.labels),
                  symmetric_pairs=[list(p) for p in clip_list.symmetric_pairs],
-                 source=clip_list.source, clips=clips, spans=[], shards=[])
+                 source=clip_list.source, clips=clips, spans=[], shards=[],
+                 tasks={name: list(values) for name, values in clip_list.tasks})
     index_path = out / INDEX
     if index_path.is_file():
         old = _read_index(index_path)
@@ -325,31 +338,135 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
         # Tokens stay valid; the label list and pairs (pairs.yaml may have been edited) are the
         # clip list's own.
         index = {**old, 'labels': index['labels'], 'symmetric_pairs': index['symmetric_pairs'],
-                 'source': index['source']}
+                 'source': index['source'], 'tasks': index['tasks']}
         _write_json(index_path, index)
+    return index
+
+
+def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, out: str | Path,
+            shard_size: int = 64, batch_clips: int = 8, progress: bool = True,
+            dist: Dist | None = None) -> Path:
+    """Encode every clip's T frames once; resumes a matching partial cache in `out`.
+
+    With `dist` (a torchrun process group; `out` on a file system all ranks share), shard k of
+    the single-process run goes to rank k mod W, so the cache is the same shards of the same
+    clips; see extract_ranked.
+    """
+    if not 1 <= num_frames <= MAX_FRAMES:
+        raise DataError(f'num_frames={num_frames}: must be in [1, {MAX_FRAMES}] (a head takes '
+                        f'at most {MAX_FRAMES} frames)')
+    check_memory(clip_list.clips[0], backbone, num_frames=num_frames,
+                 shard_size=min(shard_size, len(clip_list.clips)), batch_clips=batch_clips)
+    if dist is not None:
+        return extract_ranked(clip_list, backbone, num_frames=num_frames, out=out,
+                              shard_size=shard_size, batch_clips=batch_clips,
+                              progress=progress, dist=dist)
+    out = Path(out)
+    index = open_index(clip_list, backbone, num_frames=num_frames, out=out)
+    index_path = out / INDEX
+    clips = index['clips']
     done = sum(s['count'] for s in index['shards'])
     bar = tqdm(total=len(clips), initial=done, desc='extract', unit='clip', disable=not progress)
     while done < len(clips):
         chunk = clip_list.clips[done:done + shard_size]
-        tokens, spans = [], []
-        for i in range(0, len(chunk), batch_clips):
-            batch = [read_frames(c, num_frames) for c in chunk[i:i + batch_clips]]
-            if len({f.shape for f, _ in batch}) > 1:  # clips of different sizes: one at a time
-                encoded = torch.cat([_encode(backbone, f) for f, _ in batch])
-            else:
-                encoded = _encode(backbone, np.concatenate([f for f, _ in batch]))
-            tokens.append(encoded.reshape(len(batch), num_frames,
-                                          *encoded.shape[1:]))  # (b, T, 1+N, D)
-            spans += [s for _, s in batch]
-            bar.update(len(batch))
+        tokens, spans = encode_chunk(chunk, backbone, num_frames=num_frames,
+                                     batch_clips=batch_clips, bar=bar)
         name = f'shard_{len(index["shards"]):05d}.safetensors'
-        save_file({'tokens': torch.cat(tokens).contiguous()}, str(out / name))
+        save_file({'tokens': tokens}, str(out / name))
         index['shards'].append(dict(file=name, count=len(chunk)))
         index['spans'] += spans
         _write_json(index_path, index)
         done += len(chunk)
     bar.close()
     return out
+
+
+def encode_chunk(chunk: tuple[Clip, ...], backbone: FrozenBackbone, *, num_frames: int,
+                 batch_clips: int, bar: tqdm) -> tuple[torch.Tensor, list[float]]:
+    """The tokens (clips, T, 1+N, D) fp16 and node windows of the clips of one shard."""
+    tokens, spans = [], []
+    for i in range(0, len(chunk), batch_clips):
+        batch = [read_frames(c, num_frames) for c in chunk[i:i + batch_clips]]
+        if len({f.shape for f, _ in batch}) > 1:  # clips of different sizes: one at a time
+            encoded = torch.cat([_encode(backbone, f) for f, _ in batch])
+        else:
+            encoded = _encode(backbone, np.concatenate([f for f, _ in batch]))
+        tokens.append(encoded.reshape(len(batch), num_frames,
+                                      *encoded.shape[1:]))  # (b, T, 1+N, D)
+        spans += [s for _, s in batch]
+        bar.update(len(batch))
+    return torch.cat(tokens).contiguous(), spans
+
+
+def extract_ranked(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int,
+                   out: str | Path, shard_size: int, batch_clips: int, progress: bool,
+                   dist: Dist) -> Path:
+    """`extract` under torchrun: every rank encodes its shards, rank 0 then writes the index.
+
+    The shards are the single-process run's (shard k holds clips [k*S, (k+1)*S) after those an
+    existing partial index already lists), each rank taking every W-th. A rank writes a shard
+    atomically and then a small `shard_k.json` beside it (its clips and node windows); on a
+    re-run, shards with such a record are skipped, so every rank resumes where it stopped
+    whatever the world size. After a barrier rank 0 folds the records into index.json exactly as
+    a single process would have written it and removes them.
+    """
+    out = Path(out)
+    index_path = out / INDEX
+    if dist.is_main:  # creates or checks (and refreshes) the index before anyone encodes
+        _write_json(index_path, open_index(clip_list, backbone, num_frames=num_frames, out=out))
+    dist.barrier()
+    if not index_path.is_file():
+        raise DataError(f'{out}: rank 0 wrote no {INDEX}; is --out on a file system that every '
+                        'rank shares?')
+    index = _read_index(index_path)
+    first = sum(s['count'] for s in index['shards'])
+    starts = list(range(first, len(clip_list.clips), shard_size))
+    plan = [(len(index['shards']) + k, start) for k, start in enumerate(starts)]
+    size = {start: len(clip_list.clips[start:start + shard_size]) for start in starts}
+    mine = [(k, start) for k, start in plan[dist.rank::dist.world_size]
+            if _record(out, k, start=start, count=size[start]) is None]
+    bar = tqdm(total=sum(size[start] for _, start in mine),
+               desc=f'extract rank {dist.rank}/{dist.world_size}', unit='clip',
+               disable=not (progress and dist.is_main))
+    for k, start in mine:
+        chunk = clip_list.clips[start:start + shard_size]
+        tokens, spans = encode_chunk(chunk, backbone, num_frames=num_frames,
+                                     batch_clips=batch_clips, bar=bar)
+        name = f'shard_{k:05d}.safetensors'
+        tmp = out / f'{name}.rank{dist.rank}.tmp'
+        save_file({'tokens': tokens}, str(tmp))
+        os.replace(tmp, out / name)
+        _write_json(out / f'shard_{k:05d}.json', dict(start=start, count=len(chunk),
+                                                       spans=spans))
+    bar.close()
+    dist.barrier()
+    if dist.is_main:
+        for k, start in plan:
+            record = _record(out, k, start=start, count=size[start])
+            if record is None:
+                raise DataError(f'{out}: shard {k} was not written by its rank')
+            index['shards'].append(dict(file=f'shard_{k:05d}.safetensors',
+                                        count=record['count']))
+            index['spans'] += record['spans']
+        _write_json(index_path, index)
+        for k, _ in plan:
+            (out / f'shard_{k:05d}.json').unlink()
+    dist.barrier()  # every rank returns once the index is complete
+    return out
+
+
+def _record(out: Path, k: int, *, start: int, count: int) -> dict | None:
+    """The record of a finished shard k of clips [start, start + count), or None."""
+    path = out / f'shard_{k:05d}.json'
+    if not path.is_file() or not (out / f'shard_{k:05d}.safetensors').is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # damaged (written by hand, disk full): the shard is encoded again
+    if not isinstance(record, dict) or not isinstance(record.get('spans'), list):
+        return None
+    return record if (record.get('start'), record.get('count')) == (start, count) else None
 
 
 @dataclass
@@ -362,6 +479,7 @@ class FeatureCache:
     num_frames: int
     window_seconds: float  # median node window of the clips (see read_frames)
     path: str
+    tasks: dict[str, list[str]] | None = None  # further tasks: name -> label of every clip
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureCache:
@@ -394,9 +512,27 @@ class FeatureCache:
                                 f"do not match {list(parts[0].shape)} of {shards[0]['file']}")
         tokens = torch.cat(parts)
         targets = torch.tensor([labels.index(c['label']) for c in clips])
+        tasks = index.get('tasks') or {}
+        if not isinstance(tasks, dict) or any(
+                not isinstance(v, list) or len(v) != len(clips)
+                or not all(isinstance(x, str) for x in v) for v in tasks.values()):
+            raise DataError(f'{index_path}: damaged cache index: tasks must map a name to one '
+                            'label per clip; delete the cache directory and extract again')
         return cls(tokens=tokens, targets=targets, labels=labels, symmetric_pairs=pairs,
                    backbone=index['backbone'], num_frames=num_frames,
-                   window_seconds=float(np.median(spans)), path=str(path))
+                   window_seconds=float(np.median(spans)), path=str(path), tasks=tasks)
+
+    def task(self, name: str) -> tuple[tuple[str, ...], torch.Tensor, tuple]:
+        """(labels, targets (clips,), symmetric pairs) of a task.
+
+        A further task's own column when the clip list had one, else the main `label` column
+        (whatever the task is called: `--task gesture` on a path,label list trains on labels).
+        """
+        if name not in (self.tasks or {}):
+            return self.labels, self.targets, self.symmetric_pairs
+        values = self.tasks[name]
+        labels = tuple(sorted(set(values)))
+        return labels, torch.tensor([labels.index(v) for v in values]), ()
 
     @property
     def num_patches(self) -> int:

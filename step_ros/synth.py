@@ -30,6 +30,15 @@ ACTIONS: tuple[str, ...] = tuple(a for pair in SYMMETRIC_PAIRS for a in pair) + 
 BACKGROUND = 'none'  # no action is happening
 LABELS: tuple[str, ...] = ACTIONS + (BACKGROUND,)  # the classes of the dataset and the streams
 DEFAULT_SIZE = (240, 320)  # (H, W), the demo camera's size
+# Second task of every clip (paper Table V, multi-task): the object being handled. Order-free:
+# a clip and its reversal handle the same object.
+_OBJECT_OF = {'pick_up': 'box', 'open_drawer': 'drawer', 'screw_lid': 'jar', 'wave': 'hand',
+              'stir': 'spoon'}
+
+
+def object_of(action: str) -> str:
+    """The object a clip of `action` handles ('none' for a clip without an action)."""
+    return _OBJECT_OF.get(_REVERSED_OF.get(action, action), 'none')
 
 
 def _hsv(rng: np.random.Generator, hue: float, sat: tuple[float, float],

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from step_ros.checkpoint import HeadMeta, save_head
+from step_ros.distributed import Dist, rank_batches
 from step_ros.features import FeatureCache
 from step_ros.heads import HeadConfig, build_head, count_trainable
 
@@ -49,6 +51,7 @@ class TrainedHead:
     module: nn.Module
     config: HeadConfig
     log: list[dict]  # one entry per epoch
+    task: str | None = None  # the cache task it was trained on (None: the main `label` task)
 
 
 def lr_at(step: int, *, total: int, warmup: int) -> float:
@@ -83,71 +86,139 @@ def predict(module: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64,
             reverse: bool = False) -> torch.Tensor:
     """Logits (clips, C) of a head over cached tokens (clips, T, 1+N, D); optionally reversed."""
     module.eval()
+    device = next(module.parameters()).device
     out = []
     for i in range(0, len(tokens), batch_size):
-        x = tokens[i:i + batch_size].float()  # (B, T, 1+N, D)
+        x = tokens[i:i + batch_size].float().to(device)  # (B, T, 1+N, D)
         if reverse:
             x = x.flip(1)  # frames last-to-first
         out.append(module(x).float())
     return torch.cat(out)
 
 
+def _val_targets(val: FeatureCache, task: str, labels: tuple[str, ...]) -> torch.Tensor:
+    """The validation cache's label ids of a task in the training labels (-1: unknown there)."""
+    val_labels, val_targets, _ = val.task(task)
+    mapping = torch.tensor([labels.index(n) if n in labels else -1 for n in val_labels])
+    return mapping[val_targets]
+
+
 def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: TrainConfig, *,
-                val: FeatureCache | None = None, progress: bool = True) -> list[TrainedHead]:
-    """Train every head on the same batches of `cache`; returns them in eval mode."""
+                val: FeatureCache | None = None, progress: bool = True,
+                tasks: dict[str, str] | None = None, dist: Dist | None = None,
+                device: str = 'cpu') -> list[TrainedHead]:
+    """Train every head on the same batches of `cache`; returns them in eval mode.
+
+    `tasks` maps a head name to the cache task it learns (see FeatureCache.task); heads it does
+    not name learn the main `label` task. Every task's heads see exactly the same batches.
+
+    With `dist` (a torchrun process group), every head is wrapped in DistributedDataParallel and
+    `config.batch_size` is the per-rank batch: each global batch of batch_size * world_size
+    clips holds the same samples as a single process's batch of that size (see
+    distributed.rank_batches), and the logged metrics are sums over all ranks; the heads train
+    on `dist.device`.
+    """
     config.validate()
     if val is not None and val.labels != cache.labels:
         raise ValueError(f'{val.path}: labels {list(val.labels)} differ from the training '
                          f'cache {cache.path}: {list(cache.labels)}')
-    modules, optimisers = {}, {}
+    tasks = tasks or {}
+    modules, optimisers, targets, val_targets = {}, {}, {}, {}
+    device = device if dist is None else dist.device
     for name, head_config in heads.items():
+        labels, targets[name], _ = cache.task(tasks.get(name, 'label'))
+        if val is not None:
+            val_targets[name] = _val_targets(val, tasks.get(name, 'label'), labels)
         torch.manual_seed(config.seed)  # every head starts from the same seed
         module = build_head(head_config, dim=cache.dim, num_frames=cache.num_frames,
-                            num_patches=cache.num_patches, num_classes=len(cache.labels))
-        modules[name] = module
+                            num_patches=cache.num_patches, num_classes=len(labels))
+        modules[name] = module.to(device)
         optimisers[name] = torch.optim.AdamW(param_groups(module, config), lr=config.lr)
+    models = modules if dist is None else {name: ddp(m, dist) for name, m in modules.items()}
     n = len(cache.tokens)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    global_batch = config.batch_size * (1 if dist is None else dist.world_size)
+    steps_per_epoch = math.ceil(n / global_batch)
     total = steps_per_epoch * config.epochs
     warmup = steps_per_epoch * config.warmup_epochs
     logs: dict[str, list[dict]] = {name: [] for name in heads}
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
-    bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not progress)
+    show = progress and (dist is None or dist.is_main)
+    bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not show)
     for epoch in range(config.epochs):
         for module in modules.values():
             module.train()
         sums = {name: [0.0, 0] for name in heads}  # loss sum, correct
         order = torch.randperm(n, generator=generator)
-        for i in range(0, n, config.batch_size):
-            idx = order[i:i + config.batch_size]
-            x = cache.tokens[idx].float()  # (B, T, 1+N, D), read once for all heads
-            y = cache.targets[idx]
+        if dist is None:
+            batches = ((order[i:i + global_batch], None, 0) for i in range(0, n, global_batch))
+        else:
+            batches = rank_batches(order, batch_size=config.batch_size, dist_=dist)
+        for idx, weights, size in batches:
+            x = cache.tokens[idx].float().to(device)  # (B, T, 1+N, D), read once for all heads
             factor = lr_at(step, total=total, warmup=warmup)
-            for name, module in modules.items():
+            for name, model in models.items():
                 optimiser = optimisers[name]
                 for group in optimiser.param_groups:
                     group['lr'] = config.lr * factor * group['lr_scale']
-                logits = module(x)  # (B, C)
-                loss = F.cross_entropy(logits, y)
+                y = targets[name][idx].to(device)
+                logits = model(x)  # (B, C)
+                if weights is None:
+                    loss = F.cross_entropy(logits, y)
+                    loss_sum = float(loss.detach()) * len(idx)
+                    correct = int((logits.argmax(1) == y).sum())
+                else:
+                    # DDP averages gradients over the W ranks: scaling this rank's loss sum by
+                    # W / size makes that average the gradient of the global batch's mean loss.
+                    w = weights.to(device)
+                    losses = F.cross_entropy(logits, y, reduction='none') * w  # (B,)
+                    loss = losses.sum() * (dist.world_size / size)
+                    loss_sum = float(losses.detach().sum())
+                    correct = int(((logits.argmax(1) == y).float() * w).sum())
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                sums[name][0] += float(loss.detach()) * len(idx)
-                sums[name][1] += int((logits.argmax(1) == y).sum())
+                sums[name][0] += loss_sum
+                sums[name][1] += correct
             step += 1
             bar.update(1)
+        if dist is not None:  # every rank saw its share: sum them
+            totals = dist.all_sum([v for name in heads for v in sums[name]])
+            sums = {name: totals[2 * i:2 * i + 2] for i, name in enumerate(heads)}
         for name, module in modules.items():
             entry = dict(epoch=epoch + 1, loss=sums[name][0] / n, train_acc=sums[name][1] / n,
                          lr=config.lr * lr_at(step - 1, total=total, warmup=warmup))
             if val is not None:
-                logits = predict(module, val.tokens)
-                entry['val_acc'] = float((logits.argmax(1) == val.targets).float().mean())
+                entry['val_acc'] = val_accuracy(module, val.tokens, val_targets[name],
+                                                dist=dist)
             logs[name].append(entry)
         bar.set_postfix({k: f"{v[-1].get('val_acc', v[-1]['train_acc']):.2f}"
                          for k, v in list(logs.items())[:4]})
     bar.close()
-    return [TrainedHead(name, modules[name].eval(), heads[name], logs[name]) for name in heads]
+    return [TrainedHead(name, modules[name].cpu().eval(), heads[name], logs[name],
+                        tasks.get(name)) for name in heads]
+
+
+def val_accuracy(module: nn.Module, tokens, targets: torch.Tensor, *,
+                 dist: Dist | None = None) -> float:
+    """Accuracy on validation tokens; under torchrun each rank scores every W-th clip."""
+    if dist is None:
+        logits = predict(module, tokens).cpu()
+        return float((logits.argmax(1) == targets).float().mean())
+    share = torch.arange(dist.rank, len(targets), dist.world_size)
+    correct = 0
+    for i in range(0, len(share), 64):  # gathered a batch at a time (caches may be views)
+        idx = share[i:i + 64]
+        correct += int((predict(module, tokens[idx]).argmax(1).cpu() == targets[idx]).sum())
+    total = torch.tensor(dist.all_sum([correct])[0], dtype=torch.float32)
+    return float(total / len(targets))  # float32, as the single process's mean()
+
+
+def ddp(module: nn.Module, dist: Dist) -> nn.Module:
+    """`module` in DistributedDataParallel on this rank's device (it broadcasts rank 0's
+    weights, so every rank starts from the same ones)."""
+    device_ids = [dist.local_rank] if dist.backend == 'nccl' else None
+    return DistributedDataParallel(module, device_ids=device_ids)
 
 
 def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
@@ -169,13 +240,15 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
         training = dict(preset=head.name, cache=cache.path, clips=len(cache.tokens),
                         config=asdict(config), params=count_trainable(head.module),
                         final={k: round(v, 4) for k, v in final.items()}, **(extra or {}))
-        meta = HeadMeta(task=task, labels=cache.labels, symmetric_pairs=cache.symmetric_pairs,
+        labels, _, pairs = cache.task(head.task or 'label')
+        meta = HeadMeta(task=head.task or task, labels=labels, symmetric_pairs=pairs,
                         head=head.config, num_frames=cache.num_frames, backbone=cache.backbone,
                         window_seconds=float(window), training=training,
                         temperature=float((temperatures or {}).get(head.name, 1.0)),
-                        background=background)
+                        background=background if background in labels else None)
         paths.append(save_head(out / f'{head.name}.safetensors', head.module, meta))
     resolved = dict(train=asdict(config), task=task, window_seconds=window, cache=cache.path,
+                    tasks={h.name: h.task or task for h in trained},
                     heads={h.name: h.config.to_dict() for h in trained}, **(extra or {}))
     (out / 'config.json').write_text(json.dumps(resolved, indent=2) + '\n')
     with (out / 'log.jsonl').open('w') as f:
@@ -190,9 +263,9 @@ def fit_temperatures(trained: list[TrainedHead], val: FeatureCache) -> dict[str,
     """Per head: the NLL-fitted temperature on `val`, and ECE / NLL before and after."""
     from step_ros.calibration import ece, fit_temperature, nll, softmax
 
-    targets = val.targets.numpy()
     out = {}
     for head in trained:
+        targets = val.task(head.task or 'label')[1].numpy()
         logits = predict(head.module, val.tokens).numpy()
         t = fit_temperature(logits, targets)
         entry = dict(temperature=round(t, 4), windows=len(targets))

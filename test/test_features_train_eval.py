@@ -167,7 +167,8 @@ def test_committed_demo_head_recognises_live_windows(backbone):
     path = Path(__file__).parents[1] / 'models' / 'demo_action.safetensors'
     module, meta = load_head(path)
     meta.check_backbone(backbone.info, source=str(path))
-    assert (meta.task, meta.labels, meta.symmetric_pairs) == ('action', ACTIONS, SYMMETRIC_PAIRS)
+    assert (meta.task, meta.labels, meta.symmetric_pairs) == ('action', LABELS, SYMMETRIC_PAIRS)
+    assert meta.background == 'none' and meta.temperature != 1.0, meta
     assert (meta.num_frames, meta.window_seconds, meta.head.num_heads) == (8, 2.0, 4), meta
     hits = flips = 0
     for c, action in enumerate(ACTIONS):

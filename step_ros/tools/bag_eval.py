@@ -13,6 +13,9 @@ Writes to --out: report.json, report.md, predictions.csv, events.csv (the decide
 events), timeline.png (truth, raw, decided, events), reliability.png, params.yaml (the resolved
 parameters), with --sweep sweep.csv / sweep.md / sweep.png (see bag_sweep), and, with
 --write-bag, bag/ (mcap rosbag2: the images and the HumanAction stream beside them).
+Several --bag (each with its timeline) run in parallel worker processes, each writing those
+files to OUT/<recording>/, and one merged report.json / report.md in OUT scores every recording
+and all of them together (see step_ros/tools/bag_eval_many.py).
 """
 
 from __future__ import annotations
@@ -47,11 +50,16 @@ ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError,
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
-    parser.add_argument('--bag', type=Path, required=True,
-                        help='rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag file')
+    parser.add_argument('--bag', type=Path, required=True, action='append',
+                        help='rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag file; repeat '
+                             'it to evaluate several recordings in parallel workers')
     parser.add_argument('--topic', required=True, help='Image or CompressedImage topic')
-    parser.add_argument('--labels', type=Path, required=True,
-                        help='timeline CSV: start,end,label in seconds of header-stamp time')
+    parser.add_argument('--labels', type=Path, required=True, action='append',
+                        help='timeline CSV: start,end,label in seconds of header-stamp time; '
+                             'one per --bag, in the same order, or one for all of them')
+    parser.add_argument('--workers', type=int, default=0,
+                        help='worker processes for several --bag (0: one per bag, at most one '
+                             'per CPU core)')
     parser.add_argument('--config', type=Path, required=True,
                         help="the node's ROS parameters YAML, e.g. config/demo.yaml")
     parser.add_argument('--out', type=Path, required=True, help='output directory')
@@ -113,6 +121,12 @@ def _resolve_params(args: argparse.Namespace) -> tuple[dict, PerceptionConfig]:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the engine over the bag, write the outputs, return the report."""
+    return run_bag(args)[0]
+
+
+def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
+    """evaluate(), also returning the scored (truth, predicted, ambiguous) records: at the
+    newest frame's stamp and over full windows."""
     params, config = _resolve_params(args)
     total = topic_count(args.bag, args.topic)  # a missing / wrong topic fails before the model
     timeline = load_timeline(args.labels)
@@ -240,7 +254,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                      progress=not args.no_progress)
         report['sweep'] = dict(points=len(points), best=points[0])
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
-    return report
+    return report, at_stamp, full
 
 
 EVENT_COLUMNS = ('kind', 'label', 'stamp', 'decided', 'window_start', 'confidence',
@@ -324,6 +338,8 @@ def _num(value, fmt: str = '.3g') -> str:
 
 def stream_markdown(report: dict) -> list[str]:
     """The stream section of report.md: raw against decided, events, calibration."""
+    if 'stream' not in report:
+        return []
     st, ev, cal = report['stream'], report['events'], report['calibration']
     lines = ['', '## The stream a planner receives (timeline.png)', '',
              f"Decision parameters: {report['decision']}; background label "
@@ -352,6 +368,18 @@ def stream_markdown(report: dict) -> list[str]:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    if len(args.labels) not in (1, len(args.bag)):
+        print(f'bag-eval: error: --labels given {len(args.labels)} times for {len(args.bag)} '
+              '--bag: give one timeline per bag (same order) or one for all', file=sys.stderr)
+        return 2
+    if args.workers < 0:
+        print(f'bag-eval: error: --workers {args.workers}: must be >= 0', file=sys.stderr)
+        return 2
+    if len(args.bag) > 1:
+        from step_ros.tools.bag_eval_many import run_many  # it imports this module
+
+        return run_many(args)
+    args.bag, args.labels = args.bag[0], args.labels[0]
     try:
         report = evaluate(args)
     except ERRORS as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,14 @@ from step_ros.training import predict
 
 def evaluate_head(module: nn.Module, meta: HeadMeta, cache: FeatureCache, *,
                   source: str) -> dict:
-    """The report dictionary of one head on one cache (labels matched by name)."""
+    """The report dictionary of one head on one cache (labels matched by name).
+
+    A head of a further task of the cache (a CSV column such as `object`) is scored on that
+    column; any other head on the main `label` column.
+    """
+    if meta.task in (cache.tasks or {}):
+        labels, targets, pairs = cache.task(meta.task)
+        cache = replace(cache, labels=labels, targets=targets, symmetric_pairs=pairs)
     meta.check_backbone(BackboneInfo(**cache.backbone), source=source)
     if cache.num_frames != meta.num_frames:
         raise CheckpointError(f'{source}: trained on T={meta.num_frames} frames but the cache '

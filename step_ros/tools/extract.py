@@ -8,6 +8,7 @@ from pathlib import Path
 
 from step_ros.backbone import BackboneError, FrozenBackbone
 from step_ros.checkpoint import MAX_FRAMES
+from step_ros.distributed import launched, session
 from step_ros.features import DataError, extract, read_clip_list
 from step_ros.tools import extract_bags
 
@@ -16,7 +17,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description='Run the frozen backbone once over T uniformly sampled frames of '
         'every clip of a CSV (path,label[,start,end]) and store the tokens as fp16 shards. '
-        'Re-running on the same directory resumes.')
+        'Re-running on the same directory resumes. Under torchrun every rank encodes its share '
+        'of the shards (docs/DISTRIBUTED.md).')
     parser.add_argument('--clips', type=Path, default=None,
                         help='clip list CSV (or --bag: see below)')
     parser.add_argument('--pairs', type=Path, default=None,
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.bag:
+        if launched():  # N ranks would each write the whole cache into the same directory
+            print('extract: error: --bag does not split over torchrun ranks: start it as one '
+                  'plain process (python -m step_ros extract --bag ...)', file=sys.stderr)
+            return 2
         return extract_bags.run(args, parser)
     if args.clips is None:
         print('extract: error: give --clips CSV or --bag BAG', file=sys.stderr)
@@ -51,13 +57,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f'extract: error: --shard-size {args.shard_size}: must be >= 1', file=sys.stderr)
         return 2
     try:
-        clip_list = read_clip_list(args.clips, pairs_path=args.pairs)
-        backbone = FrozenBackbone.load(args.backbone, image_size=args.image_size,
-                                       device=args.device, precision=args.precision)
-        extract(clip_list, backbone, num_frames=args.frames, out=args.out,
-                shard_size=args.shard_size)
-    except (DataError, BackboneError) as exc:
+        with session(device=args.device) as dist:  # a process group under torchrun, else None
+            clip_list = read_clip_list(args.clips, pairs_path=args.pairs)
+            device = args.device if dist is None else dist.device
+            backbone = FrozenBackbone.load(args.backbone, image_size=args.image_size,
+                                           device=device, precision=args.precision)
+            extract(clip_list, backbone, num_frames=args.frames, out=args.out,
+                    shard_size=args.shard_size, dist=dist)
+    except (DataError, BackboneError, RuntimeError) as exc:
         print(f'extract: error: {exc}', file=sys.stderr)
         return 2
-    print(f'extract: {len(clip_list.clips)} clips x {args.frames} frames -> {args.out}')
+    if dist is None or dist.is_main:
+        ranks = '' if dist is None else f' by {dist.world_size} ranks'
+        print(f'extract: {len(clip_list.clips)} clips x {args.frames} frames{ranks} -> '
+              f'{args.out}')
     return 0

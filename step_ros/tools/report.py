@@ -1,9 +1,13 @@
-"""`python -m step_ros report`: synth -> extract -> train every head -> eval -> one table.
+"""`python -m step_ros report`: synth -> extract -> train every method -> eval -> the tables.
 
-Reproduces the shape of the paper's Tables I/II on one dataset: symmetric, non-symmetric and
-overall accuracy, the same with frames reversed, trainable parameters and head GFLOPs per window
-(counted with torch.utils.flop_counter.FlopCounterMode). The dataset and the feature caches are
-reused when already in --out (extraction resumes); the heads are trained afresh.
+Reproduces the shape of the paper's tables on one dataset: every frozen-backbone head (Tables
+I/II and the ablations), the PEFT baselines VPT-deep, AdaptFormer and ST-Adapter trained end to
+end through the backbone, STEP as a head on image PEFT (Table IV) and several tasks from one
+backbone pass (Table V); symmetric, non-symmetric and overall accuracy, the same with frames
+reversed, trainable parameters and counted GFLOPs (torch.utils.flop_counter.FlopCounterMode) at
+the tiny shape and at the ViT-B/14 shape. The dataset and the feature caches are reused when
+already in --out (extraction resumes); everything is trained afresh. `--quick` shrinks every
+size to a CI smoke run of the same code.
 """
 
 from __future__ import annotations
@@ -12,72 +16,34 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from step_ros.backbone import BackboneError, FrozenBackbone
 from step_ros.checkpoint import CheckpointError, load_head
+from step_ros.costs import Cost, count_gflops, head_cost, peft_cost, vitb14_costs
 from step_ros.features import DataError, FeatureCache, extract, read_clip_list
-from step_ros.tools import synth
+from step_ros.peft import PEFT_PRESETS, PeftModel
+from step_ros.peft_training import evaluate_peft, load_pixels, train_peft
+from step_ros.tools import report_tables, synth
 from step_ros.tools.evaluate import evaluate_head, write_report
-from step_ros.tools.train import add_train_arguments, resolve_heads, train_config
-from step_ros.training import save_run, train_heads
+from step_ros.tools.train import add_train_arguments, auto_num_heads, resolve_heads, train_config
+from step_ros.training import TrainConfig, save_run, train_heads
 
 SPLITS = ('train', 'val', 'test')
-PROBES = ('linear', 'attentive')
-
-
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-# The CPU flash-attention kernel has no entry in FlopCounterMode's table: count it like the GPU
-# kernels (QK^T and AV matmuls), or attention would be missing from the CPU numbers.
-_CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                 _cpu_sdpa_flops}
-
-
-def count_gflops(module: nn.Module, example: torch.Tensor) -> float:
-    """GFLOPs of one forward pass (a multiply-add counts 2)."""
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
-    with counter, torch.no_grad():
-        module(example)
-    return counter.get_total_flops() / 1e9
-
-
-def checks(rows: dict[str, dict]) -> list[tuple[str, bool]]:
-    """The order-sensitivity claims of the issue, evaluated on this table.
-
-    They are about symmetric classes: data without symmetric pairs has none to check.
-    """
-    out = []
-    if any(r['accuracy']['symmetric'] is None for r in rows.values()):
-        return out
-    if 'step' in rows:
-        step = rows['step']
-        out.append((f"STEP symmetric accuracy {step['accuracy']['symmetric']:.3f} >= 0.95",
-                    step['accuracy']['symmetric'] >= 0.95))
-        out.append((f"STEP reversed symmetric accuracy {step['reversed']['symmetric']:.3f} "
-                    '<= 0.20', step['reversed']['symmetric'] <= 0.20))
-    for name in PROBES:
-        if name in rows:
-            acc, rev = rows[name]['accuracy'], rows[name]['reversed']
-            out.append((f"{name} symmetric accuracy {acc['symmetric']:.3f} <= 0.70",
-                        acc['symmetric'] <= 0.70))
-            gap = abs(rev['overall'] - acc['overall'])
-            out.append((f"{name} reversed overall accuracy {rev['overall']:.3f} within 0.02 "
-                        f"of forward {acc['overall']:.3f}", gap <= 0.02))
-    return out
+MULTITASK_HEADS = ('step', 'linear')  # trained for every further task of the data
+VITB_FRAMES = 16
+# --quick: a smoke run of every code path in a couple of minutes on a loaded 2-core machine.
+QUICK = dict(train_clips=4, val_clips=1, test_clips=4, frames=4, image_size=56, epochs=2,
+             warmup_epochs=1, head=['step', 'linear'], peft_epochs=1, peft_train_clips=2)
+QUICK_SYNTH = ['--size', '64x64', '--min-frames', '8', '--max-frames', '12']
 
 
 def table(rows: dict[str, dict], *, backbone_gflops: float, num_frames: int) -> str:
-    def pct(v: float | None) -> str:
-        return '-' if v is None else f'{100 * v:.1f}'
-
+    """The frozen-backbone heads: accuracy forward and reversed, params, head GFLOPs."""
+    pct = report_tables.pct
     lines = ['| head | params | GFLOPs / window | sym | non-sym | overall | reversed sym | '
              'reversed non-sym | reversed overall |',
              '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
@@ -100,6 +66,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              'one in OUT/data)')
     parser.add_argument('--head', action='append', default=None,
                         help='head presets to compare, repeatable (default: all)')
+    parser.add_argument('--peft', action='append', default=None,
+                        help=f"PEFT rows, repeatable, or 'none' (default: all: "
+                             f"{', '.join(PEFT_PRESETS)})")
+    parser.add_argument('--quick', action='store_true',
+                        help='CI smoke run: ' + ', '.join(f'{k}={v}' for k, v in QUICK.items())
+                        + ' (flags given explicitly win), small synthetic clips')
     parser.add_argument('--backbone', default='tiny', help='backbone (tiny)')
     parser.add_argument('--image-size', type=int, default=0, help="input side (0: model's)")
     parser.add_argument('--frames', type=int, default=8, help='T (8)')
@@ -109,8 +81,115 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     group.add_argument('--train-clips', type=int, default=48, help='train clips per class (48)')
     group.add_argument('--val-clips', type=int, default=8, help='val clips per class (8)')
     group.add_argument('--test-clips', type=int, default=20, help='test clips per class (20)')
+    group = parser.add_argument_group('PEFT (trained through the backbone: far costlier)')
+    group.add_argument('--peft-epochs', type=int, default=6, help='epochs (6)')
+    group.add_argument('--peft-train-clips', type=int, default=16,
+                       help='first train clips per class they train on (16; 0: all)')
     add_train_arguments(parser)
     return parser
+
+
+def _apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for key, value in QUICK.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+
+
+def _synthesise(args: argparse.Namespace, data: Path) -> None:
+    argv = ['--out', str(data), '--seed', str(args.synth_seed), '--train', str(args.train_clips),
+            '--val', str(args.val_clips), '--test', str(args.test_clips)]
+    if synth.main(argv + (QUICK_SYNTH if args.quick else [])):
+        raise DataError(f'synth into {data} failed')
+
+
+def _frozen_rows(args, backbone: FrozenBackbone, caches: dict, heads: dict, config: TrainConfig,
+                 out: Path) -> tuple[dict, dict, float]:
+    """Train every head (and the further tasks' heads) on one pass; evaluate on test."""
+    train = caches['train']
+    tasks = {name: 'action' for name in heads}
+    further = [t for t in (train.tasks or {}) if t]
+    for task in further:
+        for preset in MULTITASK_HEADS:
+            if preset in heads:
+                heads = {**heads, f'{task}_{preset}': heads[preset]}
+                tasks[f'{task}_{preset}'] = task
+    run_dir = out / 'run'
+    trained = train_heads(train, heads, config, val=caches['val'], tasks=tasks)
+    save_run(run_dir, trained, train, config)
+    test = caches['test']
+    example = test.tokens[:1].float()  # (1, T, 1+N, D)
+    frame = torch.zeros(1, backbone.info.image_size, backbone.info.image_size, 3,
+                        dtype=torch.uint8)
+    frame_gflops = count_gflops(backbone.forward_pixels,
+                                backbone.preprocess(backbone.to_device(frame)))
+    rows, task_rows = {}, {}
+    for name in heads:
+        module, meta = load_head(run_dir / f'{name}.safetensors')
+        report = evaluate_head(module, meta, test, source=str(run_dir / f'{name}.safetensors'))
+        report['gflops'] = count_gflops(module, example)
+        write_report(out / 'eval' / name, report, title=f'{name} on the test split')
+        report['cost'] = head_cost(module, frame_gflops=frame_gflops, num_frames=args.frames,
+                                   example=example)
+        if tasks[name] == 'action':
+            rows[name] = report
+        else:
+            task_rows[(tasks[name], name[len(tasks[name]) + 1:])] = report
+    return rows, task_rows, frame_gflops
+
+
+def _peft_rows(args, backbone: FrozenBackbone, data: Path, names: list[str],
+               config: TrainConfig, num_classes: int, out: Path) -> dict:
+    """Train every PEFT row end to end through the backbone; evaluate on test."""
+    if not names:
+        return {}
+    train = load_pixels(read_clip_list(data / 'train.csv'), backbone, num_frames=args.frames)
+    train = train.subset(args.peft_train_clips)
+    test = load_pixels(read_clip_list(data / 'test.csv'), backbone, num_frames=args.frames)
+    peft_config = replace(config, epochs=args.peft_epochs,
+                          warmup_epochs=min(config.warmup_epochs, args.peft_epochs - 1))
+    heads = args.num_heads or auto_num_heads(backbone.info.embed_dim)
+    rows = {}
+    for name in names:
+        trained = train_peft(name, PEFT_PRESETS[name], backbone, train, peft_config,
+                             num_heads=heads)
+        report = evaluate_peft(trained.model, test)
+        report['log'] = trained.log
+        write_report(out / 'eval' / name, report, title=f'{name} on the test split')
+        report['cost'] = peft_cost(trained.model, example=test.pixels[:1].float())
+        rows[name] = report
+    return rows
+
+
+def _multitask_costs(args, backbone: FrozenBackbone, rows: dict, task_rows: dict,
+                     vitb: dict, vitb_frame: float, frame_gflops: float) -> dict:
+    """Table V's costs: one frozen pass + a STEP head per task, or one PEFT pass per task.
+
+    At the ViT-B/14 shape every task's head or PEFT model is counted with 10 classes.
+    """
+    tasks = {'action': rows['step']} | {t: r for (t, h), r in task_rows.items() if h == 'step'}
+    k, t = len(tasks), args.frames
+    head_gflops = sum(r['gflops'] for r in tasks.values())
+    vitb_head = vitb['step'].gflops_stream - vitb_frame
+    costs = {f"frozen + STEP per task ({', '.join(tasks)}): one pass": dict(
+        tiny=Cost(sum(r['cost'].params for r in tasks.values()),
+                  t * frame_gflops + head_gflops, frame_gflops + head_gflops),
+        vitb=Cost(k * vitb['step'].params, VITB_FRAMES * vitb_frame + k * vitb_head,
+                  vitb_frame + k * vitb_head))}
+    heads = args.num_heads or auto_num_heads(backbone.info.embed_dim)
+    size = backbone.info.image_size
+    pixels = torch.zeros(1, t, 3, size, size)
+    for method in [n for n in PEFT_PRESETS if n in rows]:
+        per_task = [rows[method]['cost']]
+        for r in list(tasks.values())[1:]:
+            model = PeftModel(model=backbone.model, config=PEFT_PRESETS[method],
+                              num_frames=t, num_classes=len(r['labels']), num_heads=heads)
+            per_task.append(peft_cost(model.float(), example=pixels))
+        v = vitb[method]
+        costs[f'{method}: one pass per task'] = dict(
+            tiny=Cost(sum(c.params for c in per_task), sum(c.gflops_clip for c in per_task),
+                      sum(c.gflops_stream for c in per_task)),
+            vitb=Cost(k * v.params, k * v.gflops_clip, k * v.gflops_stream))
+    return costs
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -120,11 +199,7 @@ def run(args: argparse.Namespace) -> dict:
     if data is None:
         data = out / 'data'
         if not (data / 'dataset.json').is_file():
-            code = synth.main(['--out', str(data), '--seed', str(args.synth_seed),
-                               '--train', str(args.train_clips), '--val', str(args.val_clips),
-                               '--test', str(args.test_clips)])
-            if code:
-                raise DataError(f'synth into {data} failed')
+            _synthesise(args, data)
     backbone = FrozenBackbone.load(args.backbone, image_size=args.image_size, device=args.device)
     caches = {}
     for split in SPLITS:
@@ -133,44 +208,74 @@ def run(args: argparse.Namespace) -> dict:
         caches[split] = FeatureCache.load(out / 'cache' / split)
     heads = resolve_heads(args.head or ['all'], dim=caches['train'].dim,
                           num_heads=args.num_heads)
+    peft_names = list(PEFT_PRESETS) if args.peft is None else [
+        n for n in dict.fromkeys(args.peft) if n != 'none']
+    unknown = [n for n in peft_names if n not in PEFT_PRESETS]
+    if unknown:
+        raise ValueError(f'--peft {unknown}: unknown; choose from {list(PEFT_PRESETS)} or none')
+    if args.peft_epochs < 1:
+        raise ValueError(f'--peft-epochs {args.peft_epochs}: must be >= 1')
     config = train_config(args)
-    run_dir = out / 'run'
-    trained = train_heads(caches['train'], heads, config, val=caches['val'])
-    save_run(run_dir, trained, caches['train'], config)
-    cache = caches['test']
-    example = cache.tokens[:1].float()  # (1, T, 1+N, D)
-    frame = torch.zeros(1, backbone.info.image_size, backbone.info.image_size, 3,
-                        dtype=torch.uint8)
-    pixels = backbone.preprocess(backbone.to_device(frame))
-    backbone_gflops = count_gflops(backbone.forward_pixels, pixels)
-    rows = {}
-    for name in heads:
-        module, meta = load_head(run_dir / f'{name}.safetensors')
-        report = evaluate_head(module, meta, cache, source=str(run_dir / f'{name}.safetensors'))
-        report['gflops'] = count_gflops(module, example)
-        write_report(out / 'eval' / name, report, title=f'{name} on the test split')
-        rows[name] = report
-    text = table(rows, backbone_gflops=backbone_gflops, num_frames=args.frames)
-    results = checks(rows)
-    text += '\n\n' + ('\n'.join(f"- [{'x' if ok else ' '}] {claim}" for claim, ok in results)
-                       or '(no symmetric classes in this data: the order checks do not apply)')
+    rows, task_rows, frame_gflops = _frozen_rows(args, backbone, caches, heads, config, out)
+    rows |= _peft_rows(args, backbone, data, peft_names, config,
+                       len(caches['train'].labels), out)
+    vitb_frame, vitb = vitb14_costs(heads=heads,
+                                    peft={n: PEFT_PRESETS[n] for n in peft_names},
+                                    num_frames=VITB_FRAMES)
+    for name, r in rows.items():
+        r['vitb'] = vitb[name]
+    multitask = {}
+    if task_rows and 'step' in rows:
+        multitask = _multitask_costs(args, backbone, rows, task_rows, vitb, vitb_frame,
+                                     frame_gflops)
+    frozen = {n: r for n, r in rows.items() if n in heads}
+    sections = [
+        ('Frozen-backbone heads', table(frozen, backbone_gflops=frame_gflops,
+                                        num_frames=args.frames)),
+        ('Table I: every method, accuracy and cost',
+         report_tables.table_costs(rows, frames=args.frames, vitb_frames=VITB_FRAMES)),
+        ('Table II: forward and reversed frames', report_tables.table_order(rows)),
+        ('Table IV: STEP on image PEFT', report_tables.table_image_peft(rows)),
+    ]
+    if task_rows:
+        action = {('action', h): rows[h] for h in MULTITASK_HEADS if h in rows}
+        sections.append(('Table V: several tasks from one backbone pass',
+                         report_tables.table_multitask(action | task_rows, multitask)))
+    results = report_tables.checks(rows)
+    sections.append(("Checks of the paper's pattern", report_tables.checklist(results)))
+    text = '\n\n'.join(f'## {title}\n\n{body}' for title, body in sections)
     minutes = (time.perf_counter() - started) / 60
-    summary = dict(data=str(data), backbone=backbone.info.to_dict(), frames=args.frames,
-                   train=asdict(config),
-                   backbone_gflops_per_frame=backbone_gflops, minutes=round(minutes, 2),
-                   checks={claim: ok for claim, ok in results},
-                   heads={n: dict(accuracy=r['accuracy'], reversed=r['reversed'],
-                                  params=r['params'], gflops=r['gflops'])
-                          for n, r in rows.items()})
-    (out / 'report.md').write_text('# Head comparison\n\n' + text + '\n')
+    summary = dict(
+        data=str(data), backbone=backbone.info.to_dict(), frames=args.frames,
+        train=asdict(config), quick=args.quick, peft_epochs=args.peft_epochs,
+        peft_train_clips=args.peft_train_clips, backbone_gflops_per_frame=frame_gflops,
+        vitb14_backbone_gflops_per_frame=vitb_frame, minutes=round(minutes, 2),
+        checks={claim: ok for claim, ok in results},
+        heads={n: _summary(r) for n, r in rows.items()},
+        tasks={f'{t}/{h}': _summary(r) for (t, h), r in task_rows.items()},
+        multitask={n: {k: asdict(v) for k, v in c.items()} for n, c in multitask.items()})
+    (out / 'report.md').write_text('# Method comparison\n\n' + text + '\n')
     (out / 'report.json').write_text(json.dumps(summary, indent=2) + '\n')
     print(text)
     print(f'\nreport: {minutes:.1f} min -> {out / "report.md"}')
     return summary
 
 
+def _summary(r: dict) -> dict:
+    values = dict(accuracy=r['accuracy'], reversed=r['reversed'], params=r['params'])
+    for key in ('cost', 'vitb'):
+        if key in r:
+            values[key] = asdict(r[key])
+    if 'gflops' in r:
+        values['gflops'] = r['gflops']
+    return values
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.quick:
+        _apply_quick(args, parser)
     try:
         run(args)
     except (DataError, BackboneError, CheckpointError, ValueError) as exc:

@@ -1,10 +1,10 @@
 """`python -m step_ros synth`: write the procedural nearly-symmetric action dataset.
 
 Layout of --out: videos/<split>/<label>_<k>.mp4 (the actions and the background class `none`),
-train.csv / val.csv / test.csv (header `path,label[,start,end]`, paths relative to the CSV),
-pairs.yaml (labels and symmetric_pairs) and dataset.json (the resolved options). Each clip has
-its own seed derived from (seed, split, class, k), so the same seed gives the same dataset
-whatever the order clips are written in.
+train.csv / val.csv / test.csv (header `path,label,object[,start,end]`, paths relative to the
+CSV; `object`, the object handled, is a second task), pairs.yaml (labels and symmetric_pairs)
+and dataset.json (the resolved options). Each clip has its own seed derived from (seed, split,
+class, k), so the same seed gives the same dataset whatever the order clips are written in.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from step_ros.synth import LABELS, SYMMETRIC_PAIRS, render_clip
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS, object_of, render_clip
 from step_ros.tools import synth_bag
 
 SPLITS = ('train', 'val', 'test')
@@ -92,12 +92,12 @@ def write_dataset(args: argparse.Namespace) -> dict:
         frames = render_clip(label, rng=rng, num_frames=n, size=args.size)
         rel = Path('videos') / split / f'{label}_{k:04d}.mp4'
         write_video(out / rel, frames, fps=args.fps)
-        row = [rel.as_posix(), label]
+        row = [rel.as_posix(), label, object_of(label)]
         if args.window:
             start = float(rng.uniform(0.0, n / args.fps - args.window))
             row += [f'{start:.4f}', f'{start + args.window:.4f}']
         rows[split].append(row)
-    header = ['path', 'label'] + (['start', 'end'] if args.window else [])
+    header = ['path', 'label', 'object'] + (['start', 'end'] if args.window else [])
     for split in SPLITS:
         with (out / f'{split}.csv').open('w', newline='') as f:
             writer = csv.writer(f)

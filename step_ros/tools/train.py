@@ -1,9 +1,13 @@
 """`python -m step_ros train`: train one or more heads on one pass over a feature cache.
 
 Writes <out>/<head>.safetensors for every --head, config.json (the resolved settings),
-log.jsonl (loss and accuracy per epoch and head) and curves.png. With --val-cache, each head's
-temperature is fitted on the validation windows (NLL) and stored in its checkpoint, with the
-ECE before and after in calibration.json.
+log.jsonl (loss and accuracy per epoch and head) and curves.png. With several --task (columns
+of the clip list, e.g. `--task action --task object` on synth's data), every head is trained
+for every task on the same pass over the cache and written as <out>/<task>_<head>.safetensors.
+With --val-cache, each head's temperature is fitted on the validation windows (NLL) and stored
+in its checkpoint, with the ECE before and after in calibration.json.
+Under torchrun the heads train with DistributedDataParallel, --batch-size is per rank (global
+batch = batch x world size) and rank 0 alone writes the run (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from step_ros.distributed import rank_device, session
 from step_ros.features import DataError, FeatureCache
 from step_ros.heads import PRESETS, HeadConfig
 from step_ros.training import TrainConfig, fit_temperatures, save_run, train_heads
@@ -35,6 +40,28 @@ def resolve_heads(names: list[str], *, dim: int, num_heads: int = 0) -> dict[str
         raise ValueError(f'--head {unknown}: unknown; choose from {sorted(PRESETS)} or all')
     heads = num_heads or auto_num_heads(dim)
     return {n: replace(PRESETS[n], num_heads=heads) for n in dict.fromkeys(names)}
+
+
+def task_heads(presets: dict[str, HeadConfig], tasks: list[str], cache: FeatureCache
+               ) -> tuple[dict[str, HeadConfig], dict[str, str]]:
+    """Heads for every task: ({head name: config}, {head name: task}).
+
+    One task keeps the preset names; several name each head <task>_<preset>. At most one task
+    may be the main `label` column (a name that is not a further column of the cache).
+    """
+    tasks = list(dict.fromkeys(tasks))
+    main = [t for t in tasks if t not in (cache.tasks or {})]
+    if len(main) > 1:
+        raise ValueError(f'--task {main}: all read the label column; further tasks in '
+                         f'{cache.path}: {sorted(cache.tasks or {})}')
+    if len(tasks) == 1:
+        return dict(presets), {name: tasks[0] for name in presets}
+    heads, of = {}, {}
+    for task in tasks:
+        for preset, config in presets.items():
+            heads[f'{task}_{preset}'] = config
+            of[f'{task}_{preset}'] = task
+    return heads, of
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,13 +100,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--head', action='append', required=True,
                         help=f"head preset, repeatable, or 'all': {', '.join(PRESETS)}")
     parser.add_argument('--out', type=Path, required=True, help='run directory')
-    parser.add_argument('--task', default='action', help='task name in the checkpoint (action)')
+    parser.add_argument('--task', action='append', default=None,
+                        help='task, repeatable: a further column of the clip list (e.g. object) '
+                             "or the name of the main `label` column's task (default: action)")
     parser.add_argument('--background', default='none',
                         help="the 'nothing is happening' label recorded in the checkpoint "
-                             "(default none; ignored when it is not one of the labels)")
+                             "(default none; ignored for a task that does not have it)")
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
+    parser.add_argument('--device', default='cpu',
+                        help="'cpu', 'cuda' or 'auto'; under torchrun CPU ranks use gloo, CUDA "
+                             'ranks NCCL with one GPU each (cpu)')
     add_train_arguments(parser)
     return parser
 
@@ -87,19 +119,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        cache = FeatureCache.load(args.cache)
-        val = FeatureCache.load(args.val_cache) if args.val_cache else None
-        heads = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
-        config = train_config(args)
-        trained = train_heads(cache, heads, config, val=val)
-        calibration = fit_temperatures(trained, val) if val is not None else {}
-        background = args.background if args.background in cache.labels else None
-        paths = save_run(args.out, trained, cache, config, task=args.task,
-                         window_seconds=args.window_seconds,
-                         extra=dict(val_cache=str(args.val_cache) if val else None),
-                         temperatures={k: v['temperature'] for k, v in calibration.items()},
-                         background=background)
-    except (DataError, ValueError) as exc:
+        with session(device=args.device) as dist:  # a process group under torchrun, else None
+            cache = FeatureCache.load(args.cache)
+            val = FeatureCache.load(args.val_cache) if args.val_cache else None
+            presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
+            heads, tasks = task_heads(presets, args.task or ['action'], cache)
+            config = train_config(args)
+            device = rank_device(args.device, local_rank=0) if dist is None else dist.device
+            trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
+                                  device=device)
+            calibration = fit_temperatures(trained, val) if val is not None else {}
+            extra = dict(val_cache=str(args.val_cache) if val else None)
+            if dist is not None:
+                extra.update(world_size=dist.world_size,
+                             global_batch_size=config.batch_size * dist.world_size)
+            if dist is not None and not dist.is_main:  # rank 0 alone writes the run
+                return 0
+            paths = save_run(args.out, trained, cache, config,
+                             task=(args.task or ['action'])[0],
+                             window_seconds=args.window_seconds, extra=extra,
+                             temperatures={k: v['temperature'] for k, v in calibration.items()},
+                             background=args.background or None)
+    except (DataError, ValueError, RuntimeError) as exc:
         print(f'train: error: {exc}', file=sys.stderr)
         return 2
     if calibration:

@@ -1,0 +1,128 @@
+"""bag-eval over several recordings: one worker process per bag, one merged report.
+
+Every recording runs the single-bag evaluation (bag_eval.run_bag) unchanged in a worker process
+of its own (its own engine; torch threads split between the workers) and writes its usual
+outputs to OUT/<recording>/. The parent then scores the union of all recordings' predictions
+with the same `score` and writes OUT/report.json (per recording and overall) and OUT/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from step_ros.tools import bag_eval
+
+
+def recording_names(bags: list[Path]) -> list[str]:
+    """A distinct output folder name per bag: its file name, numbered where two collide."""
+    names = [bag.name.removesuffix('.bag') or 'bag' for bag in bags]
+    return [f'{i:02d}_{name}' if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _one(args: argparse.Namespace) -> tuple[dict | None, list, list, str]:
+    """Worker: (report, at-stamp records, full-window records, error message or '')."""
+    try:
+        report, at_stamp, full = bag_eval.run_bag(args)
+    except bag_eval.ERRORS as exc:
+        return None, [], [], f'{args.bag}: {exc}'
+    return report, at_stamp, full, ''
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """Evaluate every --bag of `args` in parallel; 0 when all succeeded and the merged report
+    is written, 2 (each failed bag named on stderr) otherwise."""
+    bags, labels = list(args.bag), list(args.labels)
+    labels = labels * len(bags) if len(labels) == 1 else labels
+    names = recording_names(bags)
+    jobs = [argparse.Namespace(**{**vars(args), 'bag': bag, 'labels': timeline,
+                                  'out': args.out / name, 'no_progress': True})
+            for bag, timeline, name in zip(bags, labels, names)]
+    cpus = os.cpu_count() or 1
+    workers = args.workers or min(len(jobs), cpus)
+    start = time.perf_counter()
+    # spawn: a fresh interpreter per worker (forking a process that holds torch threads can
+    # deadlock); each worker gets its share of the cores.
+    with ProcessPoolExecutor(max_workers=workers, initializer=_limit_threads,
+                             initargs=(max(1, cpus // workers),),
+                             mp_context=multiprocessing.get_context('spawn')) as pool:
+        results = list(tqdm(pool.map(_one, jobs), total=len(jobs), desc='bag-eval',
+                            unit='bag', disable=args.no_progress))
+    wall = time.perf_counter() - start
+    errors = [error for *_, error in results if error]
+    for error in errors:
+        print(f'bag-eval: error: {error}', file=sys.stderr)
+    if errors:
+        return 2
+    report = merge([r for r, *_ in results], [a for _, a, _, _ in results],
+                   [f for _, _, f, _ in results], names=names, wall_s=wall, workers=workers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    (args.out / 'report.md').write_text(markdown(report))
+    s = report['overall']['at_stamp']
+    print(f"bag-eval: {len(bags)} recordings, {report['overall']['predictions']} predictions, "
+          f"overall accuracy {bag_eval._pct(s['accuracy'])} (symmetric "
+          f"{bag_eval._pct(s['symmetric']['accuracy'])}, non-symmetric "
+          f"{bag_eval._pct(s['non_symmetric']['accuracy'])}); {workers} workers; wrote "
+          f'{args.out}')
+    return 0
+
+
+def merge(reports: list[dict], at_stamp: list[list], full: list[list], *, names: list[str],
+          wall_s: float, workers: int) -> dict:
+    """One report: every recording's summary and the scores of all their predictions (one
+    config, so one head and one class list for all)."""
+    first = reports[0]
+    labels = tuple(first['classes'])
+    symmetric = {label for pair in first['symmetric_pairs'] for label in pair}
+    bag_s = sum(r['timing']['bag_s'] for r in reports)
+    recordings = [dict(name=name, bag=r['bag'], labels=r['labels'], out=name,
+                       predictions=r['predictions'], unlabelled=r['unlabelled'],
+                       at_stamp=r['at_stamp'], full_window=r['full_window'], timing=r['timing'])
+                  for name, r in zip(names, reports)]
+    overall = dict(
+        predictions=sum(r['predictions'] for r in reports),
+        unlabelled=sum(r['unlabelled'] for r in reports),
+        at_stamp=bag_eval.score([x for part in at_stamp for x in part], labels=labels,
+                                symmetric=symmetric),
+        full_window=bag_eval.score([x for part in full for x in part], labels=labels,
+                                   symmetric=symmetric),
+        timing=dict(wall_s=round(wall_s, 3), bag_s=round(bag_s, 3), workers=workers,
+                    realtime_factor=round(bag_s / wall_s, 2) if wall_s > 0 else None))
+    return dict(topic=first['topic'], config=first['config'], task=first['task'],
+                classes=list(labels), symmetric_pairs=first['symmetric_pairs'],
+                recordings=recordings, overall=overall)
+
+
+def markdown(report: dict) -> str:
+    """report.md of several recordings: one row per recording, then all together."""
+    pct = bag_eval._pct
+    o = report['overall']
+    lines = [f"# bag-eval: {len(report['recordings'])} recordings, {report['topic']}", '',
+             f"Config `{report['config']}`, head `{report['task']}`; {o['timing']['workers']} "
+             f"worker processes, {o['timing']['bag_s']} s of bags in {o['timing']['wall_s']} s "
+             f"({o['timing']['realtime_factor']}x real time). Per recording: "
+             '`<name>/report.md`.', '',
+             '| recording | predictions | n | overall | symmetric | non-symmetric | '
+             'ambiguity rate | full windows |', '|---|---|---|---|---|---|---|---|']
+    rows = [(r['name'], r) for r in report['recordings']] + [('**all**', o)]
+    for name, r in rows:
+        s, f = r['at_stamp'], r['full_window']
+        lines.append(f"| {name} | {r['predictions']} | {s['n']} | {pct(s['accuracy'])} | "
+                     f"{pct(s['symmetric']['accuracy'])} | "
+                     f"{pct(s['non_symmetric']['accuracy'])} | {pct(s['ambiguity_rate'])} | "
+                     f"{pct(f['accuracy'])} (n={f['n']}) |")
+    return '\n'.join(lines) + '\n'

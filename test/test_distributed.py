@@ -1,0 +1,160 @@
+"""torchrun with 2 CPU ranks (gloo): extract and train give what a single process gives."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from step_ros.backbone import FrozenBackbone
+from step_ros.distributed import Dist, rank_batches
+from step_ros.features import FeatureCache, extract, read_clip_list
+from step_ros.tools import synth as synth_cli
+from step_ros.tools import train as train_cli
+
+T = 4
+SHARD = 4  # 15 clips: shards of 4, 4, 4, 3; rank 0 takes shards 0 and 2, rank 1 shards 1 and 3
+LAUNCH_TIMEOUT = 600  # two interpreters importing torch on a loaded machine
+
+
+def torchrun(*args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m step_ros ARGS`, as a user would start it."""
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    env.update(OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+               f'--nproc-per-node={ranks}', '-m', 'step_ros', *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, f'{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}'
+    return done
+
+
+@pytest.fixture(scope='module')
+def clips(tmp_path_factory) -> Path:
+    """A clip list of 15 clips (odd, so 2 ranks get unequal shares)."""
+    root = tmp_path_factory.mktemp('synth')
+    code = synth_cli.main(['--out', str(root), '--train', '2', '--val', '1', '--test', '1',
+                           '--size', '48x48', '--min-frames', '6', '--max-frames', '8'])
+    assert code == 0
+    rows = list(csv.reader((root / 'train.csv').open()))
+    with (root / 'odd.csv').open('w', newline='') as f:
+        csv.writer(f).writerows(rows[:16])  # header + 15 clips
+    return root / 'odd.csv'
+
+
+@pytest.fixture(scope='module')
+def reference(clips, tmp_path_factory) -> Path:
+    """The single-process cache of the clip list."""
+    out = tmp_path_factory.mktemp('single')
+    extract(read_clip_list(clips), FrozenBackbone.load('tiny'), num_frames=T, out=out,
+            shard_size=SHARD, progress=False)
+    return out
+
+
+def shard_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if p.name != 'index.json')
+
+
+def assert_same_cache(cache: Path, reference: Path) -> None:
+    index = json.loads((cache / 'index.json').read_text())
+    expected = json.loads((reference / 'index.json').read_text())
+    assert index == expected  # same clips, labels, shards (names and counts) and node windows
+    assert shard_files(cache) == shard_files(reference)  # no per-rank leftovers
+    got, want = FeatureCache.load(cache), FeatureCache.load(reference)
+    assert torch.equal(got.targets, want.targets)
+    torch.testing.assert_close(got.tokens, want.tokens, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.timeout(2 * LAUNCH_TIMEOUT)
+def test_two_rank_extract_equals_single_process_and_resumes_per_rank(clips, reference,
+                                                                     tmp_path):
+    out = tmp_path / 'cache'
+    args = ['extract', '--clips', str(clips), '--frames', str(T), '--shard-size', str(SHARD),
+            '--out', str(out)]
+    done = torchrun(*args)
+    assert 'by 2 ranks' in done.stdout
+    assert_same_cache(out, reference)
+
+    # An interrupted run: rank 0 finished both its shards, rank 1 only shard 1; the index does
+    # not list any shard yet. Rank 1 must redo shard 3 alone, nobody touches the others.
+    index = json.loads((out / 'index.json').read_text())
+    spans = index['spans']
+    for k in (0, 1, 2):
+        (out / f'shard_{k:05d}.json').write_text(json.dumps(
+            dict(start=SHARD * k, count=SHARD, spans=spans[SHARD * k:SHARD * (k + 1)])))
+    (out / 'shard_00003.safetensors').unlink()
+    (out / 'index.json').write_text(json.dumps({**index, 'shards': [], 'spans': []}))
+    kept = {k: (out / f'shard_{k:05d}.safetensors').stat().st_mtime_ns for k in (0, 1, 2)}
+    torchrun(*args)
+    assert {k: (out / f'shard_{k:05d}.safetensors').stat().st_mtime_ns for k in kept} == kept
+    assert_same_cache(out, reference)
+
+
+def test_rank_batches_split_every_global_batch_of_the_single_process():
+    order = torch.randperm(15, generator=torch.Generator().manual_seed(3))
+    parts = [list(rank_batches(order, batch_size=3, dist_=Dist(
+        rank=r, world_size=2, local_rank=r, backend='gloo', device='cpu'))) for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 3  # ceil(15 / 6) global steps on every rank
+    for j, start in enumerate(range(0, 15, 6)):
+        real = [int(i) for r in (0, 1) for i, w in zip(parts[r][j][0], parts[r][j][1]) if w]
+        assert sorted(real) == sorted(order[start:start + 6].tolist())
+        assert parts[0][j][2] == parts[1][j][2] == len(order[start:start + 6])
+    padding = [int(w) for r in (0, 1) for _, weights, _ in parts[r] for w in weights]
+    assert padding.count(0) == 1  # 15 clips on 2 ranks: one padded repeat, weighted 0
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.timeout(2 * LAUNCH_TIMEOUT)
+def test_two_rank_ddp_training_matches_a_single_process(reference, tmp_path):
+    common = ['--cache', str(reference), '--val-cache', str(reference), '--head', 'step',
+              '--head', 'linear', '--epochs', '3', '--warmup-epochs', '1', '--seed', '5']
+    single, ranked = tmp_path / 'single', tmp_path / 'ranked'
+    assert train_cli.main([*common, '--batch-size', '6', '--out', str(single)]) == 0
+    torchrun('train', *common, '--batch-size', '3', '--out', str(ranked))
+    got, want = read_log(ranked), read_log(single)
+    assert len(got) == len(want) == 6
+    for g, w in zip(got, want):
+        assert (g['head'], g['epoch']) == (w['head'], w['epoch'])
+        assert g['train_acc'] == w['train_acc'] and g['val_acc'] == w['val_acc']
+        assert g['lr'] == pytest.approx(w['lr'], rel=1e-12)
+        assert g['loss'] == pytest.approx(w['loss'], rel=1e-4)
+    config = json.loads((ranked / 'config.json').read_text())
+    assert config['world_size'] == 2 and config['global_batch_size'] == 6
+    for head in ('step', 'linear'):
+        a = load_file(str(ranked / f'{head}.safetensors'))
+        b = load_file(str(single / f'{head}.safetensors'))
+        assert a.keys() == b.keys()
+        for key in a:  # equal up to the order of float additions (see docs/DISTRIBUTED.md)
+            got, want = a[key], b[key]
+            if key.endswith('qkv.bias'):
+                # The key bias adds q.b to every logit of a query: softmax ignores it, so its
+                # true gradient is 0 and what it gets is rounding noise, which AdamW scales up
+                # to steps of about lr. It is compared loosely, the query / value biases not.
+                d = len(got) // 3
+                torch.testing.assert_close(got[d:2 * d], want[d:2 * d], atol=1e-3, rtol=0)
+                got, want = torch.cat([got[:d], got[2 * d:]]), torch.cat([want[:d], want[2 * d:]])
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_extract_bag_refuses_torchrun_ranks(monkeypatch, tmp_path, capsys):
+    from step_ros.tools import extract as extract_cli
+
+    for name, value in (('RANK', '0'), ('WORLD_SIZE', '2'), ('LOCAL_RANK', '0'),
+                        ('MASTER_ADDR', '127.0.0.1'), ('MASTER_PORT', '29500')):
+        monkeypatch.setenv(name, value)
+    code = extract_cli.main(['--bag', str(tmp_path / 'bag'), '--topic', '/camera/image_raw',
+                             '--config', str(tmp_path / 'params.yaml'), '--out',
+                             str(tmp_path / 'out')])
+    assert code == 2
+    assert '--bag does not split over torchrun ranks' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
