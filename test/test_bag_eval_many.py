@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from node_helpers import make_head, write_params
 
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS
 from step_ros.tools import bag_eval
 from step_ros.tools.bag_eval_many import recording_names
 from step_ros.tools.synth_bag import write_synth_bag
@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bag_eval_many')
     recordings = [write_synth_bag(tmp / name, seconds=5.0, fps=10.0, size=(48, 64), seed=seed,
                                   progress=False) for name, seed in (('hall', 1), ('desk', 2))]
-    head = make_head(tmp / 'head.safetensors', num_frames=4, labels=ACTIONS,
+    head = make_head(tmp / 'head.safetensors', num_frames=4, labels=LABELS,
                      pairs=SYMMETRIC_PAIRS)
     params = write_params(tmp / 'params.yaml', {
         'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',

@@ -9,13 +9,13 @@ import pytest
 
 from step_ros.checkpoint import read_meta
 from step_ros.features import DataError, FeatureCache, read_clip_list
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS, object_of
+from step_ros.synth import LABELS, SYMMETRIC_PAIRS, object_of
 from step_ros.tools import evaluate, train
 from step_ros.tools import extract as extract_cli
 from step_ros.tools import synth as synth_cli
 
 T = 2
-OBJECTS = tuple(sorted({object_of(a) for a in ACTIONS}))
+OBJECTS = tuple(sorted({object_of(a) for a in LABELS}))
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +34,7 @@ def test_synth_writes_a_column_per_task(data):
     with (data / 'data' / 'train.csv').open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ['path', 'label', 'object'], list(rows[0])
-    assert {(r['label'], r['object']) for r in rows} == {(a, object_of(a)) for a in ACTIONS}
+    assert {(r['label'], r['object']) for r in rows} == {(a, object_of(a)) for a in LABELS}
     # a symmetric pair handles the same object: order tells the actions apart, not the object
     assert all(object_of(a) == object_of(b) for a, b in SYMMETRIC_PAIRS)
 
@@ -45,7 +45,7 @@ def test_cache_keeps_every_task(data):
     assert labels == OBJECTS and pairs == (), (labels, pairs)
     assert [labels[i] for i in targets] == [object_of(cache.labels[i]) for i in cache.targets]
     main = cache.task('action')
-    assert main[0] == ACTIONS and main[2] == SYMMETRIC_PAIRS, main
+    assert main[0] == LABELS and main[2] == SYMMETRIC_PAIRS, main
 
 
 def test_train_one_head_per_task_on_one_cache(data, tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_train_one_head_per_task_on_one_cache(data, tmp_path, capsys):
     action, obj = read_meta(run / 'action_linear.safetensors'), read_meta(
         run / 'object_linear.safetensors')
     assert (action.task, action.labels, action.symmetric_pairs) == (
-        'action', ACTIONS, SYMMETRIC_PAIRS), action
+        'action', LABELS, SYMMETRIC_PAIRS), action
     assert (obj.task, obj.labels, obj.symmetric_pairs) == ('object', OBJECTS, ()), obj
     log = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
     assert {e['head'] for e in log} == {'action_linear', 'object_linear'}, log
