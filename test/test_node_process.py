@@ -1,5 +1,8 @@
 """perception_node as a real process: a separate rclpy process publishes frames, gets actions."""
 
+import signal
+import time
+
 import numpy as np
 import pytest
 
@@ -119,6 +122,11 @@ def test_actions_from_published_frames(client, perception):
 
 
 def test_node_exits_cleanly_on_sigint(perception):
+    deadline = time.monotonic() + 120
+    while 'ready:' not in perception.output() and time.monotonic() < deadline:
+        assert perception.process.poll() is None, perception.output()
+        time.sleep(0.2)
+    assert 'ready:' in perception.output(), perception.output()
     assert perception.stop() == 0, perception.output()
     assert 'Traceback' not in perception.output(), perception.output()
 
@@ -148,3 +156,23 @@ def test_bad_configuration_fails_at_start_up_with_one_line(tmp_path, env, args, 
     assert len(fatal) == 1 and all(w in fatal[0] for w in words), output
     assert 'Traceback' not in output, output
     assert len([line for line in output.splitlines() if line.strip()]) <= 2, output
+
+
+def test_a_second_ctrl_c_does_not_abort_the_teardown(tmp_path, env):
+    # A terminal's Ctrl-C on `ros2 launch` reaches the node twice: from the terminal and from
+    # launch. The second one arrives while the node is tearing down.
+    process = NodeProcess(['--params-file', str(tiny_params(tmp_path))], env=env,
+                          log=tmp_path / 'node.log')
+    try:
+        deadline = time.monotonic() + 120
+        while 'ready:' not in process.output() and time.monotonic() < deadline:
+            assert process.process.poll() is None, process.output()
+            time.sleep(0.2)
+        assert 'ready:' in process.output(), process.output()
+        process.process.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        process.process.send_signal(signal.SIGINT)
+        assert process.wait_exit(30) == 0, process.output()
+        assert 'Traceback' not in process.output(), process.output()
+    finally:
+        process.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import re
+import signal
 import sys
 import time
 import traceback
@@ -454,6 +455,9 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # A second Ctrl-C (a terminal running `ros2 launch` sends one to the whole group, then
+        # launch passes on its own) must not abort the teardown half-way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
