@@ -44,7 +44,8 @@ def setup(tmp_path_factory):
     bag, timeline = write_synth_bag(tmp / 'bag', seconds=6.0, fps=10.0, size=(64, 80), seed=1,
                                     progress=False)
     head = make_head(tmp / 'head.safetensors', num_frames=4, labels=LABELS,
-                     pairs=SYMMETRIC_PAIRS, background='none', temperature=1.5)
+                     pairs=SYMMETRIC_PAIRS, background='none', temperature=1.5,
+                     window_seconds=1.0)
     params = write_params(tmp / 'params.yaml', {
         'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cuda',
         'precision': 'fp32', 'heads.checkpoints': [str(head)], 'num_frames': 4,
