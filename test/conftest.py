@@ -1,7 +1,21 @@
 """Fixtures of the tests that talk to ROS child processes from this process (see node_helpers)."""
 
+import logging
+
 import pytest
 from node_helpers import ros_client, ros_env
+
+import step_ros.runtime  # noqa: F401  (creates the 'step_ros.runtime' logger before `launch` can)
+
+
+@pytest.fixture(autouse=True)
+def _step_ros_logs_reach_caplog():
+    """Importing ROS 2 `launch` (the launch tests do, in this process) makes every logger created
+    afterwards stop propagating to the root logger, where caplog listens."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith('step_ros') and isinstance(logger, logging.Logger):
+            logger.propagate = True
+    yield
 
 
 @pytest.fixture(scope='module')

@@ -77,7 +77,9 @@ def write_report(out: Path, report: dict, *, title: str) -> None:
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     (out / 'report.md').write_text(report_markdown(report, title=title))
     plot_confusion(out / 'confusion.png', report['confusion'], report['labels'], title=title)
-    c = report['calibration']
+    c = report.get('calibration')
+    if c is None:  # heads trained end to end (PEFT rows) have no fitted temperature
+        return
     plot_reliability(out / 'reliability.png',
                      {'softmax(z)': c['curves']['uncalibrated'],
                       f"softmax(z / {c['temperature']:.2f})": c['curves']['calibrated']},
