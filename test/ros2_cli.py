@@ -59,6 +59,19 @@ def start_daemon(env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stdout
 
 
+def wait_for_node(name: str, *, env: dict[str, str], timeout: float) -> bool:
+    """Wait until `ros2 node list` (the daemon's graph) shows node `name`: a node that has
+    logged its first lines may not be discovered yet, and `ros2 lifecycle` then says "Node not
+    found"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if name in ros2(['node', 'list'], env=env, timeout=60).stdout.split():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def stop_daemon(env: dict[str, str]) -> None:
     """Stop the ros2 daemon of env's domain."""
     ros2(['daemon', 'stop'], env=env, timeout=30)

@@ -14,6 +14,7 @@ from ros2_cli import (
     run,
     start_daemon,
     stop_daemon,
+    wait_for_node,
 )
 
 require_ros2_tools()
@@ -97,6 +98,8 @@ def test_lifecycle_through_ros2_lifecycle_set(tmp_path, env):
     try:
         assert launch.wait_for('waiting for a lifecycle manager', timeout=START_TIMEOUT), \
             launch.output()
+        assert wait_for_node('/perception_node', env=env, timeout=60), \
+            f'ros2 node list never showed /perception_node:\n{launch.output()}'
 
         def lifecycle(*args: str) -> str:
             result = ros2(['lifecycle', *args], env=env, timeout=90)
@@ -231,6 +234,7 @@ def test_readme_robot_commands_run_verbatim(tmp_path, env):
             rate = float(re.search(r'average rate: ([0-9.]+)', hz_process.output()).group(1))
             assert rate > 0, hz_process.output()
 
+            assert wait_for_node('/perception_node', env=env, timeout=60), launch.output()
             result = run_line(lifecycle_get, env)
             assert result.stdout.strip() == 'active [3]', result.stdout
 
