@@ -5,8 +5,9 @@ Frames take the node's own path: `bags.iter_frames` (the node's decode, header-s
 the engine's `StampSampler` on the node's grid (window_seconds / T) -> `FrozenBackbone.preprocess`
 and `forward_pixels`, the calls `StreamingEngine.push` makes. Every run of T consecutive sampled
 frames (a sampler restart starts a new run, as it clears the node's ring) is a window the node
-would classify; it is labelled by the timeline segment that holds its oldest and newest frame,
-and dropped when it straddles two segments or leaves the timeline.
+would classify. A window lying inside one timeline segment takes its label; one that straddles
+two segments (or leaves the timeline) is dropped (`straddle='drop'`) or labelled by the label of
+more than half of its frames (`straddle='majority'`; dropped when no label has that many).
 
 Layout of an output directory OUT:
 - `OUT/index.json` (format `step_ros.bag_frames/1`): node settings, backbone, labels, pairs and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,8 +46,14 @@ FRAMES_FORMAT = 'step_ros.bag_frames/1'
 WINDOWS_FORMAT = 'step_ros.bag_windows/1'
 INDEX = 'index.json'
 TIMELINE_NAME = 'timeline.csv'
-STRADDLE_RULE = ('a window whose oldest and newest frames lie in different segments (or outside '
-                 'the timeline) is dropped')
+# How a window whose oldest and newest frames are not inside one segment is labelled.
+STRADDLE_RULES = {
+    'drop': 'a window whose oldest and newest frames lie in different segments (or outside the '
+            'timeline) is dropped',
+    'majority': 'a window that straddles segments takes the label that more than half of its T '
+                'frames carry (frames outside the timeline carry none) and is dropped when no '
+                'label has that many',
+}
 
 
 @dataclass(frozen=True)
@@ -138,12 +146,26 @@ def window_starts(runs: list[int], *, num_frames: int, stride: int) -> list[int]
     return starts
 
 
+def majority_label(stamps: list[int], timeline) -> str | None:
+    """The label more than half of the frames carry (at their stamps), else None."""
+    counts = Counter(timeline.label_at(s) for s in stamps)
+    counts.pop(None, None)  # frames outside the timeline
+    if not counts:
+        return None
+    label, n = counts.most_common(1)[0]
+    return label if 2 * n > len(stamps) else None
+
+
 def label_windows(stamps: list[int], runs: list[int], timeline, *, num_frames: int,
-                  stride: int) -> list[tuple[int, str]]:
-    """(first frame, label) of every labelled window; straddling windows are dropped."""
+                  stride: int, straddle: str = 'drop') -> list[tuple[int, str]]:
+    """(first frame, label) of every labelled window, straddling ones by STRADDLE_RULES."""
+    if straddle not in STRADDLE_RULES:
+        raise DataError(f'straddle rule {straddle!r}: expected one of {list(STRADDLE_RULES)}')
     out = []
     for start in window_starts(runs, num_frames=num_frames, stride=stride):
         label = timeline.label_over(stamps[start], stamps[start + num_frames - 1])
+        if label is None and straddle == 'majority':
+            label = majority_label(stamps[start:start + num_frames], timeline)
         if label is not None:
             out.append((start, label))
     return out
@@ -178,10 +200,16 @@ def _labels_and_pairs(recordings: list[Recording], pairs_path: Path | None
 
 
 def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: str | Path,
-                 pairs_path: str | Path | None = None, stride: int = 1, shard_size: int = 256,
-                 batch_frames: int = 16, progress: bool = True,
+                 pairs_path: str | Path | None = None, stride: int = 1, straddle: str = 'drop',
+                 shard_size: int = 256, batch_frames: int = 16, progress: bool = True,
                  backbone: FrozenBackbone | None = None) -> Path:
-    """Encode the sampled frames of every recording once; resumes a matching partial cache."""
+    """Encode the sampled frames of every recording once; resumes a matching partial cache.
+
+    Stride and straddle rule only choose windows: a re-run with others relabels the cache
+    without encoding anything again.
+    """
+    if straddle not in STRADDLE_RULES:
+        raise DataError(f'straddle rule {straddle!r}: expected one of {list(STRADDLE_RULES)}')
     if stride < 1 or shard_size < 1 or batch_frames < 1:
         raise DataError(f'stride {stride}, shard size {shard_size}, batch {batch_frames}: '
                         'must be >= 1')
@@ -203,7 +231,8 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     backbone = backbone or settings.load_backbone()
     index = dict(format=FRAMES_FORMAT, settings=asdict(settings),
                  backbone=backbone.info.to_dict(), num_frames=settings.num_frames,
-                 window_seconds=settings.window_seconds, stride=stride, rule=STRADDLE_RULE,
+                 window_seconds=settings.window_seconds, stride=stride, straddle=straddle,
+                 rule=STRADDLE_RULES[straddle],
                  labels=list(labels), symmetric_pairs=[list(p) for p in pairs],
                  recordings=[dict(**asdict(r), done=False, stamps=[], runs=[], shards=[],
                                   windows=[]) for r in recordings])
@@ -211,20 +240,20 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     index_path = out / INDEX
     if index_path.is_file():
         old = json.loads(index_path.read_text())
-        keys = ('format', 'backbone', 'num_frames', 'window_seconds', 'stride')
+        keys = ('format', 'backbone', 'num_frames', 'window_seconds')
         same = all(old.get(k) == index[k] for k in keys) and [
             {k: r[k] for k in asdict(recordings[0])} for r in old.get('recordings', [])] == [
             asdict(r) for r in recordings]
         if not same:
-            raise DataError(f'{out}: holds a cache of other recordings, backbone, T, window or '
-                            'stride; use an empty directory (or delete it) to extract afresh')
-        index = {**old, 'labels': index['labels'], 'symmetric_pairs': index['symmetric_pairs']}
+            raise DataError(f'{out}: holds a cache of other recordings, backbone, T or window; '
+                            'use an empty directory (or delete it) to extract afresh')
+        index = {**old, **{k: index[k] for k in ('labels', 'symmetric_pairs', 'stride',
+                                                 'straddle', 'rule')}}
     shard_number = sum(len(r['shards']) for r in index['recordings'])
     for number, entry in enumerate(index['recordings']):
         if entry['done']:
             continue
         rec = recordings[number]
-        timeline = load_timeline(rec.labels, labels=labels)
         stats = ReadStats()
         frames = iter_frames(rec.bag, rec.topic, stats=stats)
         done = sum(s['count'] for s in entry['shards'])
@@ -268,14 +297,17 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
         if first is None:
             raise DataError(f'{rec.bag} {rec.topic}: no decodable image ({stats.messages} '
                             f'messages, skipped {dict(stats.skipped)}: {stats.reasons})')
+        entry['done'] = True
+        entry['images'] = stats.to_dict()
+        _write_json(index_path, index)
+    for rec, entry in zip(recordings, index['recordings']):  # also those of an earlier run
+        timeline = load_timeline(rec.labels, labels=labels)
         if rec.relative:
             timeline = timeline.shifted(entry['stamps'][0])
         entry['windows'] = [list(w) for w in label_windows(
             entry['stamps'], entry['runs'], timeline, num_frames=settings.num_frames,
-            stride=stride)]
-        entry['done'] = True
-        entry['images'] = stats.to_dict()
-        _write_json(index_path, index)
+            stride=stride, straddle=straddle)]
+    _write_json(index_path, index)
     for split in sorted({r.split for r in recordings}):
         (out / split).mkdir(exist_ok=True)
         _write_json(out / split / INDEX, dict(format=WINDOWS_FORMAT, root='..', split=split))

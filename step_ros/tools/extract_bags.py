@@ -12,7 +12,7 @@ from pathlib import Path
 
 from step_ros.backbone import BackboneError
 from step_ros.bag_dataset import (
-    STRADDLE_RULE,
+    STRADDLE_RULES,
     NodeSettings,
     Recording,
     default_timeline,
@@ -35,7 +35,8 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
         "Frames take the node's path: decode, the stamp sampler on the node's grid "
         '(window_seconds / num_frames of --config), preprocess, frozen backbone; their tokens are '
         'stored once per sampled frame. Every T consecutive sampled frames form a window labelled '
-        f'by the timeline segment holding it; {STRADDLE_RULE}. Splits are by recording: '
+        'by the timeline segment holding it; --straddle decides the others. Splits are by '
+        'recording: '
         'OUT/<split> holds the windows of the recordings of that split (train --cache OUT/train '
         '--val-cache OUT/val). Re-running on the same directory resumes.')
     group.add_argument('--bag', type=Path, action='append', default=[],
@@ -52,6 +53,11 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--stride', type=int, default=1,
                        help='keep every N-th window of a run of sampled frames (1: all, as the '
                             'node with infer_every 1)')
+    group.add_argument('--straddle', choices=tuple(STRADDLE_RULES), default='drop',
+                       help='windows not inside one segment: ' + '; '.join(
+                           f'{name}: {rule}' for name, rule in STRADDLE_RULES.items())
+                       + ' (drop). Stride and rule can be changed on a finished cache: the '
+                       'windows are relabelled, nothing is encoded again')
     group.add_argument('--relative', action='store_true',
                        help="timeline seconds count from each bag's first image stamp (the "
                             'time axis of bag-export videos)')
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if pairs is None and (Path(recordings[0].labels).parent / 'pairs.yaml').is_file():
             pairs = Path(recordings[0].labels).parent / 'pairs.yaml'
         extract_bags(recordings, settings, out=args.out, pairs_path=pairs, stride=args.stride,
-                     shard_size=args.shard_size)
+                     straddle=args.straddle, shard_size=args.shard_size)
         counts = split_counts(args.out)
     except (DataError, BackboneError, BagError, ConfigError, TimelineError) as exc:
         print(f'extract: error: {exc}', file=sys.stderr)
