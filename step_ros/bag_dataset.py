@@ -14,8 +14,11 @@ Layout of an output directory OUT:
   per recording its bag, topic, timeline, split, sampled stamps, runs, shards and windows;
 - `OUT/frames_*.safetensors`: tensor `tokens` (frames, 1 + N, D) fp16, one row per sampled frame;
 - `OUT/<split>/index.json` (format `step_ros.bag_windows/1`): a view of one split's recordings.
-`FeatureCache.load` reads OUT (every recording) or OUT/<split> like a clip cache. Shards are
-written whole and the index replaced atomically after each, so an interrupted run resumes.
+`FeatureCache.load` reads OUT (every recording) or OUT/<split> like a clip cache
+(`step_ros.bag_cache`). Shards are written whole and the index replaced atomically after each,
+so an interrupted run resumes. Under torchrun every rank encodes every N-th shard and writes
+`OUT/frames_*.done.json` beside each instead of the index; rank 0 folds them into the index
+after a barrier.
 """
 
 from __future__ import annotations
@@ -30,22 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
+from step_ros.bag_cache import FRAMES_FORMAT, INDEX, WINDOWS_FORMAT
 from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
 from step_ros.checkpoint import MAX_FRAMES, validate_pairs
 from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
 from step_ros.distributed import Dist
 from step_ros.engine import EngineConfig, StampSampler
-from step_ros.features import DataError, FeatureCache, read_pairs
+from step_ros.features import DataError, read_pairs
 from step_ros.runtime import effective_precision
 from step_ros.timeline import load_timeline
 
-FRAMES_FORMAT = 'step_ros.bag_frames/1'
-WINDOWS_FORMAT = 'step_ros.bag_windows/1'
-INDEX = 'index.json'
 TIMELINE_NAME = 'timeline.csv'
 # How a window whose oldest and newest frames are not inside one segment is labelled.
 STRADDLE_RULES = {
@@ -407,125 +408,3 @@ def encode(backbone: FrozenBackbone, images: list[np.ndarray], *, batch_frames: 
         out.append(backbone.forward_pixels(pixels).to('cpu', torch.float16))  # (b, 1+N, D)
         i = j
     return torch.cat(out).contiguous()
-
-
-class WindowTokens:
-    """(windows, T, 1 + N, D) tokens as a view over per-frame tokens: indexing gathers them."""
-
-    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, num_frames: int) -> None:
-        self.frames = frames  # (F, 1 + N, D)
-        self.starts = starts  # (W,) int64 first frame of each window
-        self.offsets = torch.arange(num_frames)
-        self.num_frames = num_frames
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((len(self.starts), self.num_frames, *self.frames.shape[1:]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.frames.dtype
-
-    def __getitem__(self, key) -> torch.Tensor:
-        starts = self.starts[key]
-        return self.frames[starts[..., None] + self.offsets]  # (..., T, 1 + N, D)
-
-    def float(self) -> torch.Tensor:
-        return self[:].float()
-
-
-@dataclass
-class BagFeatureCache(FeatureCache):
-    """A FeatureCache whose tokens are windows over per-frame tokens of recordings."""
-
-    window_stamps: list[tuple[int, ...]] | None = None  # header stamps of each window's frames
-    window_recordings: list[int] | None = None  # recording of each window (index order)
-    recordings: list[dict] | None = None
-
-
-def load_cache(path: str | Path) -> BagFeatureCache:
-    """OUT (every recording) or OUT/<split> (its recordings) of `extract_bags`."""
-    try:
-        return _load_cache(Path(path))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f'{path}: damaged bag cache index ({type(exc).__name__}: {exc}); '
-                        'delete the cache directory and extract again') from exc
-
-
-def _shard(path: Path) -> torch.Tensor:
-    try:
-        return load_file(str(path))['tokens']
-    except Exception as exc:  # missing, truncated or foreign file: safetensors raises several
-        raise DataError(f'{path}: unreadable token shard ({type(exc).__name__}: {exc}); delete '
-                        'the cache directory and extract again') from exc
-
-
-def _load_cache(path: Path) -> BagFeatureCache:
-    index = json.loads((path / INDEX).read_text())
-    split = None
-    root = path
-    if index.get('format') == WINDOWS_FORMAT:
-        split = index['split']
-        root = (path / index['root']).resolve()
-        if not (root / INDEX).is_file():
-            raise DataError(f'{path}: its recordings ({root / INDEX}) are missing')
-        index = json.loads((root / INDEX).read_text())
-    if index.get('format') != FRAMES_FORMAT:
-        raise DataError(f'{root / INDEX}: format {index.get("format")!r}, expected '
-                        f'{FRAMES_FORMAT!r}')
-    unfinished = [r['bag'] for r in index['recordings'] if not r['done']]
-    if unfinished:
-        raise DataError(f'{root}: incomplete cache (not finished: {unfinished}); run extract '
-                        'again to finish it')
-    labels = tuple(index['labels'])
-    num_frames = int(index['num_frames'])
-    frames, starts, targets, stamps, owners, chosen = [], [], [], [], [], []
-    offset = 0
-    for number, rec in enumerate(index['recordings']):
-        if split is not None and rec['split'] != split:
-            continue
-        chosen.append({k: rec[k] for k in ('bag', 'topic', 'labels', 'split', 'relative')})
-        tokens = [_shard(root / s['file']) for s in rec['shards']]
-        for shard, part in zip(rec['shards'], tokens):
-            if part.ndim != 3 or len(part) != shard['count'] or (
-                    frames and part.shape[1:] != frames[0].shape[1:]):
-                raise DataError(f"{root / shard['file']}: tokens of shape {list(part.shape)}, "
-                                f"expected ({shard['count']}, 1 + N, D) like the other shards")
-        frames += tokens
-        for start, label in rec['windows']:
-            starts.append(offset + start)
-            targets.append(labels.index(label))
-            stamps.append(tuple(rec['stamps'][start:start + num_frames]))
-            owners.append(number)
-        offset += sum(len(t) for t in tokens)
-    if not starts:
-        raise DataError(f'{path}: no labelled window (split {split!r}); every window straddles '
-                        'two segments or lies outside the timeline?')
-    return BagFeatureCache(
-        tokens=WindowTokens(torch.cat(frames), torch.tensor(starts), num_frames),
-        targets=torch.tensor(targets), labels=labels,
-        symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
-        backbone=index['backbone'], num_frames=num_frames,
-        window_seconds=float(index['window_seconds']), path=str(path), window_stamps=stamps,
-        window_recordings=owners, recordings=chosen)
-
-
-def split_counts(out: str | Path) -> dict[str, tuple[int, int]]:
-    """{split: (labelled windows, recordings)} of a finished `extract_bags` directory."""
-    index = json.loads((Path(out) / INDEX).read_text())
-    counts: dict[str, list[int]] = {}
-    for rec in index['recordings']:
-        entry = counts.setdefault(rec['split'], [0, 0])
-        entry[0] += len(rec['windows'])
-        entry[1] += 1
-    return {split: tuple(v) for split, v in sorted(counts.items())}
-
-
-def is_bag_cache(index: dict) -> bool:
-    return index.get('format') in (FRAMES_FORMAT, WINDOWS_FORMAT)
-

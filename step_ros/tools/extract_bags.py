@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from step_ros.backbone import BackboneError
+from step_ros.bag_cache import split_counts
 from step_ros.bag_dataset import (
     STRADDLE_RULES,
     NodeSettings,
     Recording,
     default_timeline,
     extract_bags,
-    split_counts,
 )
 from step_ros.bags import BagError
 from step_ros.config import ConfigError, load_params_file
