@@ -331,8 +331,13 @@ class StreamingEngine:
             return results
         self.stats['sampled'] += len(kept)
         t0 = self._sync()
-        pixels = torch.cat([self.backbone.preprocess(self.backbone.to_device(frame[None]))
-                            for _, _, frame, _ in kept])
+        frames = [frame for _, _, frame, _ in kept]
+        if all(f.shape == frames[0].shape for f in frames):  # one upload, one preprocess call
+            batch = frames[0][None] if len(frames) == 1 else np.stack(frames)
+            pixels = self.backbone.preprocess(self.backbone.to_device(batch))
+        else:  # cameras of different sizes: each resized to the model's input on its own
+            pixels = torch.cat([self.backbone.preprocess(self.backbone.to_device(f[None]))
+                                for f in frames])
         t1 = self._sync()
         tokens = self.backbone.forward_pixels(pixels)  # (B, 1 + N, D)
         t2 = self._sync()
