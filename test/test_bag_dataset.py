@@ -42,6 +42,11 @@ def write_gap_bag(path, *, seed: int = 0):
     return path
 
 
+TIMELINE = Timeline([Segment(START_NS, START_NS + 3 * S, 'wave'),
+                     Segment(START_NS + 3 * S, START_NS + 5 * S, 'stir'),
+                     Segment(START_NS + 6 * S, START_NS + 11 * S, 'pick_up')])
+
+
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bag_dataset')
@@ -79,6 +84,46 @@ def test_straddling_windows_are_dropped():
         first, last = stamps[start], stamps[start + 2]
         assert timeline.label_at(first) == timeline.label_at(last) == label
     assert (5, 'b') not in windows  # 15..21 leaves segment b
+
+
+def test_majority_rule_labels_straddling_windows_by_most_frames():
+    timeline = Timeline([Segment(0, 10, 'a'), Segment(10, 20, 'b'), Segment(25, 40, 'a')])
+    stamps = list(range(0, 40, 3))  # 0 3 6 ... 39
+    runs = [0] * len(stamps)
+    drop = label_windows(stamps, runs, timeline, num_frames=3, stride=1)
+    windows = dict(label_windows(stamps, runs, timeline, num_frames=3, stride=1,
+                                 straddle='majority'))
+    assert set(drop) <= set(windows.items())  # windows inside one segment keep their label
+    assert windows[2] == 'a'  # 6 9 | 12: two frames of a
+    assert windows[3] == 'b'  # 9 | 12 15: two of b
+    assert windows[5] == 'b'  # 15 18 | 21 (outside): two of b
+    assert 6 not in windows and 7 not in windows  # 18 | 21 24 and 21 24 | 27: one labelled
+    assert windows[8] == 'a'  # 24 | 27 30
+    tie = label_windows(stamps, runs, timeline, num_frames=4, stride=1, straddle='majority')
+    assert (1, 'a') in tie  # 3 6 9 | 12: three of four
+    assert not [w for w in tie if w[0] == 2]  # 6 9 | 12 15: two of four is no majority
+    with pytest.raises(ValueError, match='straddle rule'):
+        label_windows(stamps, runs, timeline, num_frames=3, stride=1, straddle='vote')
+
+
+def test_straddle_rule_relabels_a_finished_cache_without_encoding(setup, tmp_path):
+    _, bag, params = setup
+    out = tmp_path / 'cache'
+    assert run_extract([bag], params, out) == 0
+    dropped = FeatureCache.load(out / 'train')
+    shards = {p: p.stat().st_mtime_ns for p in out.glob('frames_*.safetensors')}
+    assert run_extract([bag], params, out, '--straddle', 'majority') == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob('frames_*.safetensors')} == shards
+    majority = FeatureCache.load(out / 'train')
+    assert len(majority.tokens) > len(dropped.tokens)
+    kept = dict(zip(majority.window_stamps, majority.targets.tolist()))
+    for stamps, target in zip(dropped.window_stamps, dropped.targets.tolist()):
+        assert kept[stamps] == target
+    index = json.loads((out / 'index.json').read_text())
+    assert index['straddle'] == 'majority'
+    for start, label in index['recordings'][0]['windows']:
+        labels = [TIMELINE.label_at(s) for s in index['recordings'][0]['stamps'][start:start + T]]
+        assert 2 * labels.count(label) > T, (start, labels)
 
 
 def test_extract_bag_equals_live_engine(setup, capsys):
