@@ -5,7 +5,8 @@ Three runs, one after the other, with the same client: (1) one node with `camera
 publishes rgb8 frames at `--rate` (cameras out of phase, as real ones are). Measured over
 `--seconds` after a warm-up: CPU time of the node processes (/proc/<pid>/stat, all threads) per
 frame they processed, their total RSS, and per camera the publish -> HumanAction latency p50 /
-p99 and the frames processed (the node's /diagnostics). The ratios are printed side by side.
+p99 and the frames processed (the node's /diagnostics). The ratios are printed side by side;
+multicam.json and multicam.png go to --out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sensor_msgs.msg import Image
 from step_ros_msgs.msg import HumanAction
 
 from step_ros.benchmark.measure import summary
+from step_ros.benchmark.plot import plot_multicam
 from step_ros.benchmark.procstat import cpu_seconds, status_mib
 from step_ros.ros.bench_setup import (
     start_node,
@@ -233,8 +235,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                   **ratios(runs))
     path = args.out / 'multicam.json'
     path.write_text(json.dumps(report, indent=2) + '\n')
+    picture = plot_multicam(args.out / 'multicam.png', report)
     print(render(report))
-    print(f'bench-ros multicam: wrote {path}', file=sys.stderr)
+    print(f'bench-ros multicam: wrote {path} and {picture}', file=sys.stderr)
     return 0
 
 
