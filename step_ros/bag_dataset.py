@@ -14,8 +14,11 @@ Layout of an output directory OUT:
   per recording its bag, topic, timeline, split, sampled stamps, runs, shards and windows;
 - `OUT/frames_*.safetensors`: tensor `tokens` (frames, 1 + N, D) fp16, one row per sampled frame;
 - `OUT/<split>/index.json` (format `step_ros.bag_windows/1`): a view of one split's recordings.
-`FeatureCache.load` reads OUT (every recording) or OUT/<split> like a clip cache. Shards are
-written whole and the index replaced atomically after each, so an interrupted run resumes.
+`FeatureCache.load` reads OUT (every recording) or OUT/<split> like a clip cache
+(`step_ros.bag_cache`). Shards are written whole and the index replaced atomically after each,
+so an interrupted run resumes. Under torchrun every rank encodes every N-th shard and writes
+`OUT/frames_*.done.json` beside each instead of the index; rank 0 folds them into the index
+after a barrier.
 """
 
 from __future__ import annotations
@@ -24,27 +27,26 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
+from step_ros.bag_cache import FRAMES_FORMAT, INDEX, WINDOWS_FORMAT
 from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
 from step_ros.checkpoint import MAX_FRAMES, validate_pairs
 from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
+from step_ros.distributed import Dist
 from step_ros.engine import EngineConfig, StampSampler
-from step_ros.features import DataError, FeatureCache, read_pairs
+from step_ros.features import DataError, read_pairs
 from step_ros.runtime import effective_precision
 from step_ros.timeline import load_timeline
 
-FRAMES_FORMAT = 'step_ros.bag_frames/1'
-WINDOWS_FORMAT = 'step_ros.bag_windows/1'
-INDEX = 'index.json'
 TIMELINE_NAME = 'timeline.csv'
 # How a window whose oldest and newest frames are not inside one segment is labelled.
 STRADDLE_RULES = {
@@ -202,11 +204,16 @@ def _labels_and_pairs(recordings: list[Recording], pairs_path: Path | None
 def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: str | Path,
                  pairs_path: str | Path | None = None, stride: int = 1, straddle: str = 'drop',
                  shard_size: int = 256, batch_frames: int = 16, progress: bool = True,
-                 backbone: FrozenBackbone | None = None) -> Path:
+                 backbone: FrozenBackbone | None = None, dist: Dist | None = None
+                 ) -> list[str]:
     """Encode the sampled frames of every recording once; resumes a matching partial cache.
 
+    Returns the shard files this process encoded (none that an earlier run had finished).
+
     Stride and straddle rule only choose windows: a re-run with others relabels the cache
-    without encoding anything again.
+    without encoding anything again. Under torchrun (`dist`), every rank reads every recording
+    (the sampler needs each stamp in order) and encodes the shards k with k mod world = rank,
+    cut exactly as one process cuts them; after a barrier rank 0 writes the index.
     """
     if straddle not in STRADDLE_RULES:
         raise DataError(f'straddle rule {straddle!r}: expected one of {list(STRADDLE_RULES)}')
@@ -231,8 +238,8 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     backbone = backbone or settings.load_backbone()
     index = dict(format=FRAMES_FORMAT, settings=asdict(settings),
                  backbone=backbone.info.to_dict(), num_frames=settings.num_frames,
-                 window_seconds=settings.window_seconds, stride=stride, straddle=straddle,
-                 rule=STRADDLE_RULES[straddle],
+                 window_seconds=settings.window_seconds, shard_size=shard_size, stride=stride,
+                 straddle=straddle, rule=STRADDLE_RULES[straddle],
                  labels=list(labels), symmetric_pairs=[list(p) for p in pairs],
                  recordings=[dict(**asdict(r), done=False, stamps=[], runs=[], shards=[],
                                   windows=[]) for r in recordings])
@@ -241,65 +248,31 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     if index_path.is_file():
         old = json.loads(index_path.read_text())
         keys = ('format', 'backbone', 'num_frames', 'window_seconds')
-        same = all(old.get(k) == index[k] for k in keys) and [
+        same = all(old.get(k) == index[k] for k in keys) and old.get(
+            'shard_size', shard_size) == shard_size and [
             {k: r[k] for k in asdict(recordings[0])} for r in old.get('recordings', [])] == [
             asdict(r) for r in recordings]
         if not same:
-            raise DataError(f'{out}: holds a cache of other recordings, backbone, T or window; '
-                            'use an empty directory (or delete it) to extract afresh')
-        index = {**old, **{k: index[k] for k in ('labels', 'symmetric_pairs', 'stride',
-                                                 'straddle', 'rule')}}
-    shard_number = sum(len(r['shards']) for r in index['recordings'])
-    for number, entry in enumerate(index['recordings']):
-        if entry['done']:
-            continue
-        rec = recordings[number]
-        stats = ReadStats()
-        frames = iter_frames(rec.bag, rec.topic, stats=stats)
-        done = sum(s['count'] for s in entry['shards'])
-        pending: list[tuple[int, BagFrame]] = []
-        first = None
-        total = topic_count(rec.bag, rec.topic)
-        bar = tqdm(total=total, desc=f'extract {Path(rec.bag).name}', unit='frame',
-                   disable=not progress)
-
-        def counted(source):
-            for frame in source:
-                bar.update(1)
-                yield frame
-
-        def flush(batch: list[tuple[int, BagFrame]]) -> None:
-            nonlocal shard_number
-            tokens = encode(backbone, [f.image for _, f in batch], batch_frames=batch_frames)
-            name = f'frames_{shard_number:05d}.safetensors'
-            save_file({'tokens': tokens}, str(out / name))
-            shard_number += 1
-            entry['shards'].append(dict(file=name, count=len(batch)))
-            entry['stamps'] += [f.stamp_ns for _, f in batch]
-            entry['runs'] += [r for r, _ in batch]
-            _write_json(index_path, index)
-
-        for position, (run, frame) in enumerate(sampled(counted(frames), settings.sampler())):
-            first = frame.stamp_ns if first is None else first
-            if position < done:  # encoded by an earlier, interrupted run
-                if entry['stamps'][position] != frame.stamp_ns:
-                    raise DataError(f'{rec.bag}: sampled frame {position} has stamp '
-                                    f'{frame.stamp_ns}, the cache {entry["stamps"][position]}; '
-                                    'the bag changed: extract into an empty directory')
-                continue
-            pending.append((run, frame))
-            if len(pending) == shard_size:
-                flush(pending)
-                pending = []
-        if pending:
-            flush(pending)
-        bar.close()
-        if first is None:
-            raise DataError(f'{rec.bag} {rec.topic}: no decodable image ({stats.messages} '
-                            f'messages, skipped {dict(stats.skipped)}: {stats.reasons})')
-        entry['done'] = True
-        entry['images'] = stats.to_dict()
-        _write_json(index_path, index)
+            raise DataError(f'{out}: holds a cache of other recordings, backbone, T, window or '
+                            'shard size; use an empty directory (or delete it) to extract afresh')
+        index = {**old, **{k: index[k] for k in ('labels', 'symmetric_pairs', 'shard_size',
+                                                 'stride', 'straddle', 'rule')}}
+    job = _Job(out=out, index=index, backbone=backbone, sampler=settings.sampler,
+               shard_size=shard_size, batch_frames=batch_frames, dist=dist,
+               progress=progress and (dist is None or dist.is_main))
+    number = 0
+    for rec, entry in zip(recordings, index['recordings']):
+        number = number + len(entry['shards']) if entry['done'] else job.recording(
+            rec, entry, first_shard=number)
+    if dist is not None:
+        dist.barrier()  # every rank's shards are written
+        if not dist.is_main:
+            return job.encoded
+        missing = [s['file'] for e in index['recordings'] for s in e['shards']
+                   if not (out / s['file']).is_file()]
+        if missing:
+            raise DataError(f'{out}: shards {missing} are missing after every rank finished; '
+                            'run the same command again')
     for rec, entry in zip(recordings, index['recordings']):  # also those of an earlier run
         timeline = load_timeline(rec.labels, labels=labels)
         if rec.relative:
@@ -308,10 +281,118 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
             entry['stamps'], entry['runs'], timeline, num_frames=settings.num_frames,
             stride=stride, straddle=straddle)]
     _write_json(index_path, index)
+    for record in out.glob(f'frames_*{RECORD}'):  # folded into the index now
+        record.unlink()
     for split in sorted({r.split for r in recordings}):
         (out / split).mkdir(exist_ok=True)
         _write_json(out / split / INDEX, dict(format=WINDOWS_FORMAT, root='..', split=split))
-    return out
+    return job.encoded
+
+
+RECORD = '.done.json'  # beside a shard a rank wrote: its stamps, for resuming
+
+
+@dataclass
+class _Job:
+    """One extraction run: the shards of one recording at a time, this rank's share encoded."""
+
+    out: Path
+    index: dict
+    backbone: FrozenBackbone
+    sampler: Any  # () -> StampSampler
+    shard_size: int
+    batch_frames: int
+    dist: Dist | None
+    progress: bool
+    encoded: list[str] = field(default_factory=list)  # shard files encoded by this process
+
+    def recording(self, rec: Recording, entry: dict, *, first_shard: int) -> int:
+        """Read one recording, encode its shards of this rank; -> the next shard number.
+
+        One process keeps `entry` (its shards, stamps, runs so far) and the index current
+        after every shard; ranks write a record beside each shard instead, folded in by rank 0.
+        """
+        stats = ReadStats()
+        bar = tqdm(total=topic_count(rec.bag, rec.topic), desc=f'extract {Path(rec.bag).name}',
+                   unit='frame', disable=not self.progress)
+
+        def counted(source):
+            for frame in source:
+                bar.update(1)
+                yield frame
+
+        earlier = list(entry['shards'])  # shards of an interrupted single-process run
+        stamps: list[int] = []
+        runs: list[int] = []
+        shards: list[dict] = []
+        pending: list[tuple[int, BagFrame]] = []
+
+        def flush() -> None:
+            shard = dict(file=f'frames_{first_shard + len(shards):05d}.safetensors',
+                         count=len(pending))
+            self.shard(rec, entry, shard, earlier=earlier[len(shards):len(shards) + 1],
+                       begin=len(stamps) - len(pending), frames=pending, stamps=stamps,
+                       runs=runs)
+            shards.append(shard)
+            pending.clear()
+
+        for run, frame in sampled(counted(iter_frames(rec.bag, rec.topic, stats=stats)),
+                                  self.sampler()):
+            stamps.append(frame.stamp_ns)
+            runs.append(run)
+            pending.append((run, frame))
+            if len(pending) == self.shard_size:
+                flush()
+        if pending:
+            flush()
+        bar.close()
+        if not stamps:
+            raise DataError(f'{rec.bag} {rec.topic}: no decodable image ({stats.messages} '
+                            f'messages, skipped {dict(stats.skipped)}: {stats.reasons})')
+        entry.update(done=True, stamps=stamps, runs=runs, shards=shards, images=stats.to_dict())
+        if self.dist is None:
+            _write_json(self.out / INDEX, self.index)
+        return first_shard + len(shards)
+
+    def shard(self, rec: Recording, entry: dict, shard: dict, *, earlier: list[dict],
+              begin: int, frames: list[tuple[int, BagFrame]], stamps: list[int],
+              runs: list[int]) -> None:
+        """Encode one shard unless an earlier run did (stamps checked) or another rank owns it."""
+        mine = [f.stamp_ns for _, f in frames]
+        name = shard['file']
+        number = int(name[len('frames_'):-len('.safetensors')])
+        record_path = self.out / (name[:-len('.safetensors')] + RECORD)
+        key = dict(backbone=self.index['backbone'], num_frames=self.index['num_frames'],
+                   window_seconds=self.index['window_seconds'], shard_size=self.shard_size)
+        if earlier:  # listed by the index of an interrupted single-process run
+            done = earlier[0]['file'] == name and earlier[0]['count'] == len(frames) and (
+                entry['stamps'][begin:begin + len(frames)] == mine)
+            if not done:
+                raise DataError(f'{rec.bag}: sampled frames {begin}-{begin + len(frames) - 1} '
+                                f'differ from those of {name} in the cache; the bag changed: '
+                                'extract into an empty directory')
+        elif record_path.is_file() and (self.out / name).is_file():
+            record = json.loads(record_path.read_text())
+            if record['key'] != key or record['stamps'] != mine:
+                raise DataError(f'{record_path}: a shard of another bag, backbone, T, window or '
+                                'shard size; use an empty directory (or delete it) to extract '
+                                'afresh')
+        elif self.dist is None or number % self.dist.world_size == self.dist.rank:
+            tokens = encode(self.backbone, [f.image for _, f in frames],
+                            batch_frames=self.batch_frames)
+            tmp = self.out / (name + '.tmp')
+            save_file({'tokens': tokens}, str(tmp))
+            os.replace(tmp, self.out / name)
+            self.encoded.append(name)
+            if self.dist is not None:
+                _write_json(record_path, dict(key=key, file=name, stamps=mine))
+        else:
+            return  # another rank's shard
+        if self.dist is None and not earlier:  # the index lists every shard done so far
+            entry['shards'].append(dict(shard))
+            entry['stamps'] = stamps[:begin + len(frames)]
+            entry['runs'] = runs[:begin + len(frames)]
+            _write_json(self.out / INDEX, self.index)
 
 
 def encode(backbone: FrozenBackbone, images: list[np.ndarray], *, batch_frames: int
@@ -327,125 +408,3 @@ def encode(backbone: FrozenBackbone, images: list[np.ndarray], *, batch_frames: 
         out.append(backbone.forward_pixels(pixels).to('cpu', torch.float16))  # (b, 1+N, D)
         i = j
     return torch.cat(out).contiguous()
-
-
-class WindowTokens:
-    """(windows, T, 1 + N, D) tokens as a view over per-frame tokens: indexing gathers them."""
-
-    def __init__(self, frames: torch.Tensor, starts: torch.Tensor, num_frames: int) -> None:
-        self.frames = frames  # (F, 1 + N, D)
-        self.starts = starts  # (W,) int64 first frame of each window
-        self.offsets = torch.arange(num_frames)
-        self.num_frames = num_frames
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((len(self.starts), self.num_frames, *self.frames.shape[1:]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.frames.dtype
-
-    def __getitem__(self, key) -> torch.Tensor:
-        starts = self.starts[key]
-        return self.frames[starts[..., None] + self.offsets]  # (..., T, 1 + N, D)
-
-    def float(self) -> torch.Tensor:
-        return self[:].float()
-
-
-@dataclass
-class BagFeatureCache(FeatureCache):
-    """A FeatureCache whose tokens are windows over per-frame tokens of recordings."""
-
-    window_stamps: list[tuple[int, ...]] | None = None  # header stamps of each window's frames
-    window_recordings: list[int] | None = None  # recording of each window (index order)
-    recordings: list[dict] | None = None
-
-
-def load_cache(path: str | Path) -> BagFeatureCache:
-    """OUT (every recording) or OUT/<split> (its recordings) of `extract_bags`."""
-    try:
-        return _load_cache(Path(path))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f'{path}: damaged bag cache index ({type(exc).__name__}: {exc}); '
-                        'delete the cache directory and extract again') from exc
-
-
-def _shard(path: Path) -> torch.Tensor:
-    try:
-        return load_file(str(path))['tokens']
-    except Exception as exc:  # missing, truncated or foreign file: safetensors raises several
-        raise DataError(f'{path}: unreadable token shard ({type(exc).__name__}: {exc}); delete '
-                        'the cache directory and extract again') from exc
-
-
-def _load_cache(path: Path) -> BagFeatureCache:
-    index = json.loads((path / INDEX).read_text())
-    split = None
-    root = path
-    if index.get('format') == WINDOWS_FORMAT:
-        split = index['split']
-        root = (path / index['root']).resolve()
-        if not (root / INDEX).is_file():
-            raise DataError(f'{path}: its recordings ({root / INDEX}) are missing')
-        index = json.loads((root / INDEX).read_text())
-    if index.get('format') != FRAMES_FORMAT:
-        raise DataError(f'{root / INDEX}: format {index.get("format")!r}, expected '
-                        f'{FRAMES_FORMAT!r}')
-    unfinished = [r['bag'] for r in index['recordings'] if not r['done']]
-    if unfinished:
-        raise DataError(f'{root}: incomplete cache (not finished: {unfinished}); run extract '
-                        'again to finish it')
-    labels = tuple(index['labels'])
-    num_frames = int(index['num_frames'])
-    frames, starts, targets, stamps, owners, chosen = [], [], [], [], [], []
-    offset = 0
-    for number, rec in enumerate(index['recordings']):
-        if split is not None and rec['split'] != split:
-            continue
-        chosen.append({k: rec[k] for k in ('bag', 'topic', 'labels', 'split', 'relative')})
-        tokens = [_shard(root / s['file']) for s in rec['shards']]
-        for shard, part in zip(rec['shards'], tokens):
-            if part.ndim != 3 or len(part) != shard['count'] or (
-                    frames and part.shape[1:] != frames[0].shape[1:]):
-                raise DataError(f"{root / shard['file']}: tokens of shape {list(part.shape)}, "
-                                f"expected ({shard['count']}, 1 + N, D) like the other shards")
-        frames += tokens
-        for start, label in rec['windows']:
-            starts.append(offset + start)
-            targets.append(labels.index(label))
-            stamps.append(tuple(rec['stamps'][start:start + num_frames]))
-            owners.append(number)
-        offset += sum(len(t) for t in tokens)
-    if not starts:
-        raise DataError(f'{path}: no labelled window (split {split!r}); every window straddles '
-                        'two segments or lies outside the timeline?')
-    return BagFeatureCache(
-        tokens=WindowTokens(torch.cat(frames), torch.tensor(starts), num_frames),
-        targets=torch.tensor(targets), labels=labels,
-        symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
-        backbone=index['backbone'], num_frames=num_frames,
-        window_seconds=float(index['window_seconds']), path=str(path), window_stamps=stamps,
-        window_recordings=owners, recordings=chosen)
-
-
-def split_counts(out: str | Path) -> dict[str, tuple[int, int]]:
-    """{split: (labelled windows, recordings)} of a finished `extract_bags` directory."""
-    index = json.loads((Path(out) / INDEX).read_text())
-    counts: dict[str, list[int]] = {}
-    for rec in index['recordings']:
-        entry = counts.setdefault(rec['split'], [0, 0])
-        entry[0] += len(rec['windows'])
-        entry[1] += 1
-    return {split: tuple(v) for split, v in sorted(counts.items())}
-
-
-def is_bag_cache(index: dict) -> bool:
-    return index.get('format') in (FRAMES_FORMAT, WINDOWS_FORMAT)
-

@@ -490,10 +490,10 @@ class FeatureCache:
             raise DataError(f'{path}: not a feature cache (no {INDEX}); run '
                             '`python -m step_ros extract` first')
         index = _read_index(index_path)
-        from step_ros import bag_dataset  # imports this module: loaded on first use
+        from step_ros import bag_cache  # imports this module: loaded on first use
 
-        if bag_dataset.is_bag_cache(index):  # per-frame tokens of recordings + window index
-            return bag_dataset.load_cache(path)
+        if bag_cache.is_bag_cache(index):  # per-frame tokens of recordings + window index
+            return bag_cache.load_cache(path)
         if index.get('format') != FORMAT:
             raise DataError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
         try:

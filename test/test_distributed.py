@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU ranks (gloo): extract and train give what a single process gives."""
+"""torchrun with 2 CPU ranks (gloo): extract (clips and bags) and train give what a single
+process gives."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from node_helpers import write_params
 from safetensors.torch import load_file
 
 from step_ros.backbone import FrozenBackbone
@@ -18,6 +20,7 @@ from step_ros.distributed import Dist, rank_batches
 from step_ros.features import FeatureCache, extract, read_clip_list
 from step_ros.tools import synth as synth_cli
 from step_ros.tools import train as train_cli
+from step_ros.tools.synth_bag import write_synth_bag
 
 T = 4
 SHARD = 4  # 15 clips: shards of 4, 4, 4, 3; rank 0 takes shards 0 and 2, rank 1 shards 1 and 3
@@ -146,15 +149,73 @@ def test_two_rank_ddp_training_matches_a_single_process(reference, tmp_path):
             torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
-def test_extract_bag_refuses_torchrun_ranks(monkeypatch, tmp_path, capsys):
+@pytest.fixture(scope='module')
+def bags(tmp_path_factory) -> tuple[list[Path], Path]:
+    """Two short recordings (one action every 1 s) and the node parameters for T=4 over 1 s."""
+    root = tmp_path_factory.mktemp('bags')
+    recordings = [write_synth_bag(root / f'rec{i}', seconds=secs, fps=10.0, size=(48, 64),
+                                  seed=i, action_seconds=1.0, progress=False)[0]
+                  for i, secs in enumerate((5.0, 3.0))]
+    params = write_params(root / 'params.yaml', {
+        'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
+        'precision': 'fp32', 'num_frames': T, 'window_seconds': 1.0})
+    return recordings, params
+
+
+def bag_args(bags, out: Path) -> list[str]:
+    recordings, params = bags
+    return ['extract', *[a for b in recordings for a in ('--bag', str(b))], '--split', 'train',
+            '--split', 'val', '--topic', '/camera/image_raw', '--config', str(params),
+            '--shard-size', str(SHARD), '--straddle', 'majority', '--out', str(out)]
+
+
+def assert_same_bag_cache(cache: Path, reference: Path) -> None:
+    index = json.loads((cache / 'index.json').read_text())
+    expected = json.loads((reference / 'index.json').read_text())
+    assert index == expected  # same sampled stamps, runs, shards (names, counts) and windows
+    files = sorted(str(p.relative_to(cache)) for p in cache.rglob('*') if p.is_file())
+    assert files == sorted(str(p.relative_to(reference)) for p in reference.rglob('*')
+                           if p.is_file())  # no per-rank records left
+    for split in ('train', 'val'):
+        got, want = FeatureCache.load(cache / split), FeatureCache.load(reference / split)
+        assert got.window_stamps == want.window_stamps
+        assert torch.equal(got.targets, want.targets)
+        torch.testing.assert_close(got.tokens.frames, want.tokens.frames, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.timeout(3 * LAUNCH_TIMEOUT)
+def test_two_rank_extract_bag_equals_single_process_and_resumes_per_rank(bags, tmp_path):
     from step_ros.tools import extract as extract_cli
 
-    for name, value in (('RANK', '0'), ('WORLD_SIZE', '2'), ('LOCAL_RANK', '0'),
-                        ('MASTER_ADDR', '127.0.0.1'), ('MASTER_PORT', '29500')):
-        monkeypatch.setenv(name, value)
-    code = extract_cli.main(['--bag', str(tmp_path / 'bag'), '--topic', '/camera/image_raw',
-                             '--config', str(tmp_path / 'params.yaml'), '--out',
-                             str(tmp_path / 'out')])
-    assert code == 2
-    assert '--bag does not split over torchrun ranks' in capsys.readouterr().err
-    assert not (tmp_path / 'out').exists()
+    reference = tmp_path / 'single'
+    assert extract_cli.main(bag_args(bags, reference)[1:]) == 0
+    shards = sorted(p.name for p in reference.glob('frames_*.safetensors'))
+    assert len(shards) >= 4  # 5 s + 3 s at 4 sampled frames / s in shards of 4: both ranks work
+    out = tmp_path / 'ranked'
+    done = torchrun(*bag_args(bags, out))
+    assert 'by 2 ranks' in done.stdout
+    assert_same_bag_cache(out, reference)
+    for rank in (0, 1):  # each rank encoded every other shard, nothing else
+        mine = [name for name in shards if int(name[7:12]) % 2 == rank]
+        assert f'rank {rank} of 2 encoded {len(mine)} shard(s) {mine}' in done.stdout, done.stdout
+
+    # An interrupted run: no index yet (rank 0 writes it last), every shard finished with its
+    # record except shard 1 (rank 1's). Only shard 1 is encoded again.
+    index = json.loads((out / 'index.json').read_text())
+    record = {k: index[k] for k in ('backbone', 'num_frames', 'window_seconds', 'shard_size')}
+    for entry in index['recordings']:
+        begin = 0
+        for shard in entry['shards']:
+            stamps = entry['stamps'][begin:begin + shard['count']]
+            begin += shard['count']
+            (out / shard['file'].replace('.safetensors', '.done.json')).write_text(
+                json.dumps(dict(key=record, file=shard['file'], stamps=stamps)))
+    (out / 'index.json').unlink()
+    (out / 'frames_00001.safetensors').unlink()
+    (out / 'frames_00001.done.json').unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob('frames_*.safetensors')}
+    done = torchrun(*bag_args(bags, out))
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
+    assert "rank 1 of 2 encoded 1 shard(s) ['frames_00001.safetensors']" in done.stdout
+    assert 'rank 0 of 2 encoded 0 shard(s) []' in done.stdout
+    assert_same_bag_cache(out, reference)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from step_ros.backbone import BackboneError, FrozenBackbone
 from step_ros.checkpoint import MAX_FRAMES
-from step_ros.distributed import launched, session
+from step_ros.distributed import session
 from step_ros.features import DataError, extract, read_clip_list
 from step_ros.tools import extract_bags
 
@@ -18,7 +18,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog, description='Run the frozen backbone once over T uniformly sampled frames of '
         'every clip of a CSV (path,label[,start,end]) and store the tokens as fp16 shards. '
         'Re-running on the same directory resumes. Under torchrun every rank encodes its share '
-        'of the shards (docs/DISTRIBUTED.md).')
+        'of the shards, of clips or of sampled frames (docs/DISTRIBUTED.md).')
     parser.add_argument('--clips', type=Path, default=None,
                         help='clip list CSV (or --bag: see below)')
     parser.add_argument('--pairs', type=Path, default=None,
@@ -41,10 +41,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.bag:
-        if launched():  # N ranks would each write the whole cache into the same directory
-            print('extract: error: --bag does not split over torchrun ranks: start it as one '
-                  'plain process (python -m step_ros extract --bag ...)', file=sys.stderr)
-            return 2
         return extract_bags.run(args, parser)
     if args.clips is None:
         print('extract: error: give --clips CSV or --bag BAG', file=sys.stderr)

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from step_ros.backbone import BackboneError
+from step_ros.bag_cache import split_counts
 from step_ros.bag_dataset import (
     STRADDLE_RULES,
     NodeSettings,
     Recording,
     default_timeline,
     extract_bags,
-    split_counts,
 )
 from step_ros.bags import BagError
 from step_ros.config import ConfigError, load_params_file
+from step_ros.distributed import session
 from step_ros.features import DataError
 from step_ros.timeline import TimelineError
 
@@ -38,7 +40,8 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
         'by the timeline segment holding it; --straddle decides the others. Splits are by '
         'recording: '
         'OUT/<split> holds the windows of the recordings of that split (train --cache OUT/train '
-        '--val-cache OUT/val). Re-running on the same directory resumes.')
+        '--val-cache OUT/val). Re-running on the same directory resumes. Under torchrun every '
+        'rank reads every recording and encodes every N-th shard of sampled frames.')
     group.add_argument('--bag', type=Path, action='append', default=[],
                        help='rosbag2 directory (mcap or sqlite3) or ROS 1 .bag; repeatable')
     group.add_argument('--topic', default=None, help='Image or CompressedImage topic')
@@ -95,14 +98,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         pairs = args.pairs
         if pairs is None and (Path(recordings[0].labels).parent / 'pairs.yaml').is_file():
             pairs = Path(recordings[0].labels).parent / 'pairs.yaml'
-        extract_bags(recordings, settings, out=args.out, pairs_path=pairs, stride=args.stride,
-                     straddle=args.straddle, shard_size=args.shard_size)
+        with session(device=settings.device) as dist:  # a process group under torchrun
+            backbone = None if dist is None else replace(
+                settings, device=dist.device).load_backbone()  # CUDA ranks: GPU LOCAL_RANK
+            encoded = extract_bags(recordings, settings, out=args.out, pairs_path=pairs,
+                                   stride=args.stride, straddle=args.straddle,
+                                   shard_size=args.shard_size, backbone=backbone, dist=dist)
+        if dist is not None:
+            print(f'extract: rank {dist.rank} of {dist.world_size} encoded {len(encoded)} '
+                  f'shard(s) {encoded}', flush=True)
+            if not dist.is_main:
+                return 0
         counts = split_counts(args.out)
-    except (DataError, BackboneError, BagError, ConfigError, TimelineError) as exc:
+    except (DataError, BackboneError, BagError, ConfigError, TimelineError,
+            RuntimeError) as exc:
         print(f'extract: error: {exc}', file=sys.stderr)
         return 2
+    ranks = '' if dist is None else f' by {dist.world_size} ranks'
     parts = ', '.join(f'{split} {windows} windows of {n} recording(s)'
                       for split, (windows, n) in counts.items())
-    print(f'extract: {parts} (T={settings.num_frames} over {settings.window_seconds:g} s) -> '
-          f'{args.out}')
+    print(f'extract: {parts} (T={settings.num_frames} over {settings.window_seconds:g} s)'
+          f'{ranks} -> {args.out}')
     return 0
