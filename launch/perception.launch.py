@@ -1,12 +1,14 @@
-"""Start perception_node on one camera.
+"""Start perception_node on one camera, or on several through one batched backbone pass.
 
     ros2 launch step_ros perception.launch.py camera:=/my/camera/image_raw
+    ros2 launch step_ros perception.launch.py cameras:=[front,wrist]  # front/image, wrist/image
     ros2 launch step_ros perception.launch.py params_file:=/path/demo.yaml device:=cpu
     ros2 launch step_ros perception.launch.py autostart:=false  # then: ros2 lifecycle set ...
 """
 
 from pathlib import Path
 
+import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.launch_context import LaunchContext
@@ -26,10 +28,26 @@ def _perception_node(context: LaunchContext) -> list[Node]:
         parameters.append({'device': arg('device')})
     if arg('autostart'):
         parameters.append({'autostart': arg('autostart').lower() in ('true', '1')})
+    if arg('cameras'):
+        parameters.append({'cameras': _camera_list(arg('cameras'))})
     return [Node(package='step_ros', executable='perception_node', name='perception_node',
                  namespace=arg('namespace'), output='screen', emulate_tty=True,
                  parameters=parameters,
                  remappings=[('image', camera), ('image/compressed', f'{camera}/compressed')])]
+
+
+def _camera_list(text: str) -> list[str]:
+    """cameras:=[front,wrist] (or cameras:=front) as a list of names; the node checks them."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'launch argument cameras:={text!r}: expected a list of names, e.g. '
+                         'cameras:=[front,wrist]')
+    return value or ['']
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -54,5 +72,11 @@ def generate_launch_description() -> LaunchDescription:
                                           'and activates the lifecycle node at start, false '
                                           'leaves it to a lifecycle manager; empty keeps the '
                                           "file's value."),
+        DeclareLaunchArgument('cameras', default_value='',
+                              description='Overrides the `cameras` parameter, e.g. '
+                                          '[front,wrist]: inputs front/image, wrist/image, '
+                                          'outputs front/human_action, wrist/human_action, one '
+                                          "batched backbone pass; empty keeps the file's "
+                                          'value.'),
         OpaqueFunction(function=_perception_node),
     ])

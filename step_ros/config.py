@@ -8,6 +8,7 @@ Defaults equal `config/perception.yaml`, the real deployment.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,14 @@ PARAMETERS: tuple[Param, ...] = (
     Param('worker_timeout', 10.0,
           'Seconds the inference worker may spend on one frame (or leave one waiting) before '
           '/diagnostics reports it stuck (ERROR).'),
+    Param('cameras', [''],
+          "Camera names, e.g. ['front', 'wrist']: each camera n has its inputs n/image (and "
+          'n/image/compressed) and its outputs n/<heads.topics>, and all share one batched '
+          "backbone pass; [''] is the single input 'image' with outputs <heads.topics>."),
+    Param('batch_timeout_ms', 10.0,
+          'With several cameras: how long a frame that is due waits for the due frames of the '
+          'other cameras to join its backbone batch (0 to 1000 ms); a silent or slow camera '
+          'never delays the others by more.'),
     Param('autostart', True,
           'Configure and activate the lifecycle node at start-up; false: stay unconfigured '
           'until a lifecycle manager (nav2_lifecycle_manager, `ros2 lifecycle set`) says so.'),
@@ -92,7 +101,11 @@ DEFAULTS = {p.name: p.default for p in PARAMETERS}
 # Bounds of the float parameters: finite, and sane for a camera (a window of an hour is a typo;
 # diagnostics faster than 20 Hz only load the machine).
 FLOAT_RANGES = {'window_seconds': (0.0, 3600.0), 'diagnostics_period': (0.05, 3600.0),
-                'worker_timeout': (0.1, 3600.0)}
+                'worker_timeout': (0.1, 3600.0), 'batch_timeout_ms': (0.0, 1000.0)}
+# Zero is a valid value of these (the others must be > 0).
+ZERO_ALLOWED = ('batch_timeout_ms',)
+# A camera name: relative topic name tokens (it prefixes the camera's topics).
+CAMERA_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*')
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,13 @@ class PerceptionConfig:
     decision: DecisionConfig = DecisionConfig()
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     worker_timeout: float = 10.0
+    cameras: tuple[str, ...] = ()  # empty: the single input 'image'
+    batch_timeout_ms: float = 10.0
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """The engine's streams: the cameras, or the one unnamed input."""
+        return self.cameras or ('',)
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> PerceptionConfig:
@@ -130,9 +150,11 @@ class PerceptionConfig:
                 raise ConfigError(f'{name}={v[name]}: must be >= 1')
         for name, (low, high) in FLOAT_RANGES.items():
             # `not low <= x` is also true for NaN; inf and 1e300 fail the upper bound.
-            if not (math.isfinite(v[name]) and low <= v[name] <= high) or v[name] == 0:
-                raise ConfigError(f'{name}={v[name]}: must be a number in '
-                                  f'{"(0" if low == 0 else f"[{low:g}"}, {high:g}]')
+            if not (math.isfinite(v[name]) and low <= v[name] <= high) or (
+                    v[name] == 0 and name not in ZERO_ALLOWED):
+                opening = '(0' if low == 0 and name not in ZERO_ALLOWED else f'[{low:g}'
+                raise ConfigError(f'{name}={v[name]}: must be a number in {opening}, '
+                                  f'{high:g}]')
         if not 0.0 <= v['ambiguity_margin'] <= 1.0:
             raise ConfigError(f"ambiguity_margin={v['ambiguity_margin']}: must be in [0, 1]")
         if v['backbone.image_size'] < 0:
@@ -153,6 +175,17 @@ class PerceptionConfig:
             if not Path(weights).is_dir():
                 raise ConfigError(f'backbone.weights={weights!r}: no such directory (a local '
                                   "Hugging Face model directory, or 'tiny')")
+        cameras = tuple(c for c in v['cameras'] if c)
+        for camera in cameras:
+            if not CAMERA_NAME.fullmatch(camera):
+                raise ConfigError(f'cameras: {camera!r} is not a camera name (letters, digits, '
+                                  "'_', starting with a letter; '/' between parts)")
+        if len(set(cameras)) != len(cameras):
+            raise ConfigError(f"cameras={v['cameras']!r}: names must be distinct")
+        absolute = [t for t in topics if t.startswith(('/', '~'))]
+        if cameras and absolute:
+            raise ConfigError(f'heads.topics={list(topics)!r}: with cameras set, topics must be '
+                              f'relative (each camera n publishes n/<topic>), not {absolute[0]!r}')
         pairs = None
         entries = [e for e in v['symmetric_pairs'] if e]
         if entries:
@@ -179,7 +212,8 @@ class PerceptionConfig:
                    image_qos=v['image_qos'], subscribe_compressed=v['subscribe_compressed'],
                    debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'],
                    decision=decision, max_image_pixels=v['max_image_pixels'],
-                   worker_timeout=v['worker_timeout'])
+                   worker_timeout=v['worker_timeout'], cameras=cameras,
+                   batch_timeout_ms=v['batch_timeout_ms'])
 
 
 def _typed(param: Param, value: Any) -> Any:

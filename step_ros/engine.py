@@ -73,6 +73,7 @@ class StepResult:
     reset: bool = False  # the buffer was cleared (stamp went back, or a gap)
     predictions: list[Prediction] = field(default_factory=list)
     frame: np.ndarray | None = None  # the decoded RGB frame, when sampled
+    error: Exception | None = None  # push_many: the frame's decode raised this (not offered)
 
 
 class StampSampler:
@@ -183,13 +184,48 @@ class Head:
         return float((reverse[j] - reverse[i]) - (forward[j] - forward[i]))
 
 
+@dataclass(frozen=True)
+class Offer:
+    """One frame offered to one stream of a StreamingEngine.push_many call."""
+
+    stream: str
+    frame: np.ndarray | Callable[[], np.ndarray]  # RGB uint8 (H, W, 3), or a function decoding it
+    stamp_ns: int
+    received_ns: int | None = None
+
+
+class Stream:
+    """What one camera keeps: its stamp sampler and its feature ring."""
+
+    def __init__(self, name: str, *, config: EngineConfig, tokens: int, dim: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.name = name
+        self.sampler = StampSampler(period_ns=config.period_ns,
+                                    max_gap_ns=int(config.window_seconds * 1e9))
+        self.ring = FeatureRing(capacity=config.num_frames, tokens=tokens, dim=dim,
+                                device=device, dtype=dtype)
+        self.sampled_since_full = 0
+
+    def reset(self) -> None:
+        self.sampler.reset()
+        self.ring.clear()
+        self.sampled_since_full = 0
+
+
 class StreamingEngine:
-    """Frames in, predictions out: one backbone pass per sampled frame, heads over the ring."""
+    """Frames in, predictions out: one backbone pass per sampled frame, heads over the ring.
+
+    One engine serves several cameras (`streams`): each has its own sampler and ring, and the
+    frames of several cameras offered together (`push_many`) go through the backbone as one
+    batch, the heads as one batch over the cameras whose windows are due.
+    """
 
     def __init__(self, backbone: FrozenBackbone, heads: list[Head], config: EngineConfig,
-                 *, profile: bool = False) -> None:
+                 *, profile: bool = False, streams: tuple[str, ...] = ('',)) -> None:
         if not heads:
             raise ValueError('at least one head is needed')
+        if not streams or len(set(streams)) != len(streams):
+            raise ValueError(f'streams={streams!r}: need at least one, all distinct')
         for head in heads:
             if head.meta.num_frames != config.num_frames:
                 raise CheckpointError(
@@ -200,14 +236,22 @@ class StreamingEngine:
         self.heads = heads
         self.config = config
         self.profile = profile  # synchronise the device per stage to time it (benchmarks)
-        self.sampler = StampSampler(period_ns=config.period_ns,
-                                    max_gap_ns=int(config.window_seconds * 1e9))
-        self.ring = FeatureRing(capacity=config.num_frames, tokens=backbone.tokens_per_frame,
-                                dim=backbone.info.embed_dim, device=backbone.device,
-                                dtype=backbone.dtype)
-        self.sampled_since_full = 0
+        self.streams = {name: Stream(name, config=config, tokens=backbone.tokens_per_frame,
+                                     dim=backbone.info.embed_dim, device=backbone.device,
+                                     dtype=backbone.dtype)
+                        for name in streams}
+        self.default_stream = streams[0]
         self.stats = dict(frames=0, sampled=0, backbone_frames=0, predictions=0, resets=0,
-                          non_finite=0)
+                          non_finite=0, backbone_batches=0)
+
+    # The first stream's state, for the single-camera users (node, bag-eval, demo, tests).
+    @property
+    def sampler(self) -> StampSampler:
+        return self.streams[self.default_stream].sampler
+
+    @property
+    def ring(self) -> FeatureRing:
+        return self.streams[self.default_stream].ring
 
     @property
     def warming_up(self) -> bool:
@@ -218,9 +262,16 @@ class StreamingEngine:
         return self.ring.count
 
     def reset(self) -> None:
-        self.sampler.reset()
-        self.ring.clear()
-        self.sampled_since_full = 0
+        for stream in self.streams.values():
+            stream.reset()
+
+    def due(self, stream: str, stamp_ns: int) -> bool:
+        """Whether `stream`'s sampler would keep a frame of this stamp (nothing changes)."""
+        sampler = self.streams[stream].sampler
+        before = sampler.state()
+        keep, _ = sampler.offer(stamp_ns)
+        sampler.restore(before)
+        return keep
 
     def _sync(self) -> float:
         if self.profile and self.backbone.device.type == 'cuda':
@@ -228,76 +279,133 @@ class StreamingEngine:
         return time.perf_counter()
 
     def push(self, frame: np.ndarray | Callable[[], np.ndarray], stamp_ns: int,
-             received_ns: int | None = None) -> StepResult:
+             received_ns: int | None = None, *, stream: str | None = None) -> StepResult:
         """Offer one RGB uint8 frame (H, W, 3) with its header stamp.
 
         `frame` may be a function that decodes it: it is then called only for frames the
         sampler keeps (most camera frames are not), and if it raises, the frame counts as never
         offered, exactly as a frame rejected before `push`.
         """
-        received_ns = time.time_ns() if received_ns is None else received_ns
-        before = self.sampler.state()
-        keep, restart = self.sampler.offer(stamp_ns)
-        if keep and callable(frame):
-            try:
-                frame = frame()
-            except BaseException:
-                self.sampler.restore(before)
-                raise
-        self.stats['frames'] += 1
-        if restart:
-            self.ring.clear()
-            self.sampled_since_full = 0
-            self.stats['resets'] += 1
-        if not keep:
-            return StepResult(sampled=False, reset=restart)
-        self.stats['sampled'] += 1
-        t0 = self._sync()
-        pixels = self.backbone.preprocess(self.backbone.to_device(frame[None]))
-        t1 = self._sync()
-        tokens = self.backbone.forward_pixels(pixels)  # (1, 1 + N, D)
-        t2 = self._sync()
-        self.stats['backbone_frames'] += 1
-        self.ring.append(tokens[0], stamp_ns)
-        result = StepResult(sampled=True, reset=restart, frame=frame)
-        if not self.ring.full:
-            return result
-        self.sampled_since_full += 1
-        if (self.sampled_since_full - 1) % self.config.infer_every:
-            return result
-        timings = dict(preprocess=t1 - t0, backbone=t2 - t1)
-        result.predictions = self.predict(stamp_ns=stamp_ns, received_ns=received_ns,
-                                          timings=timings)
+        offer = Offer(self.default_stream if stream is None else stream, frame, stamp_ns,
+                      received_ns)
+        result = self.push_many([offer])[0]
+        if result.error is not None:
+            raise result.error
         return result
+
+    def push_many(self, offers: list[Offer]) -> list[StepResult]:
+        """Offer one frame to each of several streams; one result per offer, in order.
+
+        The kept frames go through the backbone as one batch, and the heads run as one batch
+        over the streams whose windows are then due. A frame whose decode function raises gets
+        a result with `error` set and counts as never offered; the other offers go on.
+        """
+        now_ns = time.time_ns()
+        names = [offer.stream for offer in offers]
+        if len(set(names)) != len(names):
+            raise ValueError(f'push_many: one frame per stream at a time, got streams {names}')
+        results: list[StepResult] = []
+        kept: list[tuple[Stream, Offer, np.ndarray, StepResult]] = []
+        for offer in offers:
+            stream = self.streams[offer.stream]
+            before = stream.sampler.state()
+            keep, restart = stream.sampler.offer(offer.stamp_ns)
+            frame = offer.frame
+            if keep and callable(frame):
+                try:
+                    frame = frame()
+                except Exception as exc:
+                    stream.sampler.restore(before)
+                    results.append(StepResult(sampled=False, error=exc))
+                    continue
+            self.stats['frames'] += 1
+            if restart:
+                stream.ring.clear()
+                stream.sampled_since_full = 0
+                self.stats['resets'] += 1
+            result = StepResult(sampled=keep, reset=restart, frame=frame if keep else None)
+            results.append(result)
+            if keep:
+                kept.append((stream, offer, frame, result))
+        if not kept:
+            return results
+        self.stats['sampled'] += len(kept)
+        t0 = self._sync()
+        frames = [frame for _, _, frame, _ in kept]
+        if all(f.shape == frames[0].shape for f in frames):  # one upload, one preprocess call
+            batch = frames[0][None] if len(frames) == 1 else np.stack(frames)
+            pixels = self.backbone.preprocess(self.backbone.to_device(batch))
+        else:  # cameras of different sizes: each resized to the model's input on its own
+            pixels = torch.cat([self.backbone.preprocess(self.backbone.to_device(f[None]))
+                                for f in frames])
+        t1 = self._sync()
+        tokens = self.backbone.forward_pixels(pixels)  # (B, 1 + N, D)
+        t2 = self._sync()
+        self.stats['backbone_frames'] += len(kept)
+        self.stats['backbone_batches'] += 1
+        due = []
+        for i, (stream, offer, _, result) in enumerate(kept):
+            stream.ring.append(tokens[i], offer.stamp_ns)
+            if not stream.ring.full:
+                continue
+            stream.sampled_since_full += 1
+            if (stream.sampled_since_full - 1) % self.config.infer_every == 0:
+                due.append((stream, offer, result))
+        if due:
+            timings = dict(preprocess=t1 - t0, backbone=t2 - t1)
+            predictions = self._predict([stream for stream, _, _ in due],
+                                        stamps_ns=[offer.stamp_ns for _, offer, _ in due],
+                                        received_ns=[now_ns if offer.received_ns is None
+                                                     else offer.received_ns
+                                                     for _, offer, _ in due],
+                                        timings=timings)
+            for (_, _, result), prediction in zip(due, predictions):
+                result.predictions = prediction
+        return results
 
     def predict(self, *, stamp_ns: int, received_ns: int, timings: dict | None = None
                 ) -> list[Prediction]:
-        """Run every head over the full ring."""
+        """Run every head over the default stream's full ring."""
+        return self._predict([self.streams[self.default_stream]], stamps_ns=[stamp_ns],
+                             received_ns=[received_ns], timings=timings)[0]
+
+    def _predict(self, streams: list[Stream], *, stamps_ns: list[int],
+                 received_ns: list[int], timings: dict | None = None
+                 ) -> list[list[Prediction]]:
+        """Every head over the full rings of `streams`, as one batch: per stream, per head."""
         timings = dict(timings or {})
         t0 = self._sync()
-        window = self.ring.window()[None]  # (1, T, 1 + N, D)
+        if len(streams) == 1:
+            window = streams[0].ring.window()[None]  # (1, T, 1 + N, D), no copy when aligned
+        else:
+            window = torch.stack([stream.ring.window() for stream in streams])  # (B, T, ...)
         if self.config.order_check:
-            window = torch.cat([window, window.flip(1)])  # (2, T, 1 + N, D): + reversed
+            window = torch.cat([window, window.flip(1)])  # (2B, T, 1 + N, D): + reversed
         with torch.inference_mode():
             probs = [(h.module(window).float() / h.temperature).softmax(dim=-1)
                      for h in self.heads]
-        probs = [p.cpu().numpy() for p in probs]  # the one host sync per prediction
+        probs = [p.cpu().numpy() for p in probs]  # the one host sync per batch
         for head, p in zip(self.heads, probs):
             if not np.isfinite(p).all():  # never hand a NaN confidence to a planner
                 self.stats['non_finite'] += 1
                 raise NonFiniteScores(
                     f'head {head.task!r} gave non-finite scores (NaN / Inf) for the window '
-                    f'ending at stamp {stamp_ns} ns: no prediction; features or weights are '
-                    'broken (fp16 overflow?)')
+                    f'ending at stamp {max(stamps_ns)} ns: no prediction; features or weights '
+                    'are broken (fp16 overflow?)')
         t1 = time.perf_counter()
-        out = [self._decide(head, p, stamp_ns, received_ns) for head, p in zip(self.heads, probs)]
+        batch = len(streams)
+        out = []
+        for b, stream in enumerate(streams):
+            out.append([self._decide(head, p[b::batch], stream.ring, stamps_ns[b],
+                                     received_ns[b])
+                        for head, p in zip(self.heads, probs)])
         t2 = time.perf_counter()
         timings.update(head=t1 - t0, post=t2 - t1)
-        self.stats['predictions'] += 1
-        return [_with_timings(p, timings) for p in out]
+        self.stats['predictions'] += batch
+        return [[_with_timings(p, timings) for p in per_stream] for per_stream in out]
 
-    def _decide(self, head: Head, probs: np.ndarray, stamp_ns: int, received_ns: int
-                ) -> Prediction:
+    def _decide(self, head: Head, probs: np.ndarray, ring: FeatureRing, stamp_ns: int,
+                received_ns: int) -> Prediction:
         forward = probs[0]
         order = np.argsort(-forward, kind='stable')
         top = order[: max(self.config.top_k, 2)]
@@ -319,8 +427,8 @@ class StreamingEngine:
             top_labels=tuple(head.labels[i] for i in top[:k]),
             top_scores=tuple(float(forward[i]) for i in top[:k]), ambiguous=bool(reason),
             ambiguous_with=counterpart if reason else '', ambiguity_reason=reason,
-            margin=margin, frames=self.ring.count, stamp_ns=stamp_ns,
-            window_start_ns=self.ring.oldest_stamp(), received_ns=received_ns,
+            margin=margin, frames=ring.count, stamp_ns=stamp_ns,
+            window_start_ns=ring.oldest_stamp(), received_ns=received_ns,
             probs=tuple(float(p) for p in forward))
 
 

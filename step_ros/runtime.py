@@ -60,4 +60,5 @@ def build_engine(config: PerceptionConfig, *, profile: bool = False) -> Streamin
     tasks = [h.task for h in heads]
     if len(set(tasks)) != len(tasks):
         raise CheckpointError(f'heads.checkpoints: two heads share a task name: {tasks}')
-    return StreamingEngine(backbone, heads, config.engine, profile=profile)
+    return StreamingEngine(backbone, heads, config.engine, profile=profile,
+                           streams=config.camera_names)

@@ -118,3 +118,36 @@ def test_bench_client_e2e_against_node(tmp_path):
     settled = [s for s in report['samples'] if s['rss_mib'] is not None and s['t'] >= 8 / 3]
     assert report['memory']['samples'] == len(settled) >= 3, (report['memory'], settled)
     assert all(s['rss_mib'] > 0 for s in report['samples']), report['samples']
+
+
+@pytest.mark.skipif(not ROS_READY, reason='rclpy / step_ros_msgs not importable (source '
+                                          'install/setup.bash)')
+def test_bench_ros_multicam_compares_one_node_with_separate_nodes(tmp_path):
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               ROS_DOMAIN_ID=str(random.randint(1, 100)))
+    command = [sys.executable, '-m', 'step_ros', 'bench-ros', 'multicam', '--cameras', '2',
+               '--rate', '10', '--seconds', '4', '--warmup', '2', '--frames', '4',
+               '--window-seconds', '1.0', '--ready-timeout', '150', '--out', str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=480)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 0, output
+    report = json.loads((tmp_path / 'multicam.json').read_text())
+    one, separate, single = report['runs']
+    assert [r['nodes'] for r in report['runs']] == [1, 2, 1], report['runs']
+    assert [len(r['cameras']) for r in report['runs']] == [2, 2, 1], report['runs']
+    for run in report['runs']:
+        assert all(c['processed'] > 0 and c['n'] > 0 for c in run['cameras']), run
+        assert run['cpu_s'] > 0 and run['rss_mib'] > 0 and run['exit_codes'] == \
+            [0] * run['nodes'], run
+    # One process against two: the ratios printed are these runs' figures.
+    assert report['rss_ratio'] == pytest.approx(one['rss_mib'] / separate['rss_mib'])
+    assert report['cpu_per_frame_ratio'] == pytest.approx(
+        one['cpu_ms_per_frame'] / separate['cpu_ms_per_frame'])
+    assert f"RSS {report['rss_ratio']:.2f}x" in output, output
+    assert (tmp_path / 'multicam.png').stat().st_size > 0

@@ -79,6 +79,13 @@ def test_valid_values_give_the_config(valid):
     ('max_image_pixels', 0),
     ('worker_timeout', 0.0),
     ('worker_timeout', float('inf')),
+    ('cameras', ['front', 'front']),
+    ('cameras', ['front/']),
+    ('cameras', ['2nd']),
+    ('cameras', ['wrist cam']),
+    ('batch_timeout_ms', -1.0),
+    ('batch_timeout_ms', 5000.0),
+    ('batch_timeout_ms', float('nan')),
 ])
 def test_bad_value_names_parameter_and_value(valid, name, value):
     with pytest.raises(ConfigError) as info:
@@ -87,6 +94,18 @@ def test_bad_value_names_parameter_and_value(valid, name, value):
     assert name in message, message
     shown = value[0] if isinstance(value, list) and len(value) == 1 else value
     assert str(shown).strip('/') in message or repr(shown) in message, message
+
+
+def test_cameras_and_batch_timeout(valid):
+    single = PerceptionConfig.from_params(valid)
+    assert single.cameras == () and single.camera_names == ('',)
+    config = PerceptionConfig.from_params({**valid, 'cameras': ['front', 'arm/wrist'],
+                                           'batch_timeout_ms': 0})
+    assert config.cameras == ('front', 'arm/wrist') == config.camera_names
+    assert config.batch_timeout_ms == 0.0
+    with pytest.raises(ConfigError, match="heads.topics=.*must be relative.*'/human_action'"):
+        PerceptionConfig.from_params({**valid, 'cameras': ['front'],
+                                      'heads.topics': ['/human_action']})
 
 
 def test_unknown_parameter_is_named(valid):

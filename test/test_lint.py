@@ -26,7 +26,8 @@ def test_launch_file_declares_described_arguments_and_no_eval():
             keywords = {k.arg for k in call.keywords}
             declared[call.args[0].value] = 'description' in keywords
     assert declared == dict.fromkeys(
-        ('camera', 'params_file', 'device', 'namespace', 'use_sim_time', 'autostart'), True), \
+        ('camera', 'params_file', 'device', 'namespace', 'use_sim_time', 'autostart',
+         'cameras'), True), \
         declared
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
         {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}

@@ -125,14 +125,14 @@ def test_a_stuck_worker_turns_diagnostics_to_error_and_back(running):
 def test_a_slow_model_drops_frames_counts_them_and_never_runs_in_the_callback(running):
     r = running
     threads = []
-    push = r.node.engine.push
+    push = r.node.engine.push_many
 
     def slow_push(*args, **kwargs):
         threads.append(threading.current_thread().name)
         time.sleep(0.3)
         return push(*args, **kwargs)
 
-    r.node.engine.push = slow_push
+    r.node.engine.push_many = slow_push
     r.publish(20, pause=0.02)
     status = r.status(lambda s: int(values(s)['dropped (worker busy)']) > 0
                       and int(values(s)['processed']) + int(values(s)['dropped (worker busy)'])

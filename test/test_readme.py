@@ -32,7 +32,7 @@ def test_launch_arguments_are_documented():
                 if isinstance(node, ast.Call) and getattr(node.func, 'id', '') ==
                 'DeclareLaunchArgument'}
     assert declared == {'camera', 'params_file', 'device', 'namespace', 'use_sim_time',
-                        'autostart'}, declared
+                        'autostart', 'cameras'}, declared
     for name in declared:
         assert f'| `{name}` |' in README, f'launch argument {name} missing from the README'
 

@@ -43,3 +43,37 @@ def plot_run(path: Path, report: dict, latencies: list[tuple[float, float, float
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_multicam(path: Path, report: dict) -> Path:
+    """bench-ros multicam side by side: CPU per frame, total RSS, per-camera latency p50 / p99."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    runs = report['runs']
+    names = [f"{r['label']}\n({r['nodes']} node{'s' if r['nodes'] > 1 else ''})" for r in runs]
+    fig, (ax_cpu, ax_rss, ax_lat) = plt.subplots(1, 3, figsize=(13, 4))
+    ax_cpu.bar(names, [r['cpu_ms_per_frame'] for r in runs], color='tab:blue')
+    ax_cpu.set_ylabel('CPU ms per processed frame')
+    ax_rss.bar(names, [r['rss_mib'] for r in runs], color='tab:green')
+    ax_rss.set_ylabel('total RSS (MiB)')
+    for x, run in enumerate(runs):
+        cameras = run['cameras']
+        offsets = [x + (i - (len(cameras) - 1) / 2) * 0.15 for i in range(len(cameras))]
+        ax_lat.bar(offsets, [c['p99_ms'] or 0 for c in cameras], width=0.14, color='tab:red',
+                   label='p99' if x == 0 else None)
+        ax_lat.bar(offsets, [c['p50_ms'] or 0 for c in cameras], width=0.14, color='tab:orange',
+                   label='p50' if x == 0 else None)
+    ax_lat.set_xticks(range(len(runs)), names)
+    ax_lat.set_ylabel('publish -> HumanAction (ms), a bar per camera')
+    ax_lat.legend(fontsize=8)
+    for ax in (ax_cpu, ax_rss, ax_lat):
+        ax.tick_params(axis='x', labelsize=8)
+    fig.suptitle(f"bench-ros multicam: {report['cameras']} cameras, {report['width']}x"
+                 f"{report['height']} rgb8 at {report['rate_hz']:g} Hz each")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -48,3 +48,14 @@ def memory_trend(times_s: list[float], rss_mib: list[float], *, settle_s: float)
     return dict(samples=int(t.size), first_mib=float(np.median(rss[:fifth])),
                 last_mib=float(np.median(rss[-fifth:])), max_mib=float(rss.max()),
                 growth_mib=growth, slope_mib_per_min=slope)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, all its threads, in seconds; None once it is gone."""
+    try:
+        # The command name (field 2) may hold spaces: the fields after it follow the last ')'.
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf('SC_CLK_TCK')

@@ -14,10 +14,9 @@ import torch
 
 from step_ros.backbone import FrozenBackbone
 from step_ros.benchmark.measure import Clock, count_flops, repeat, summary
-from step_ros.benchmark.multicam import make_rings, push_batch
 from step_ros.benchmark.subjects import Frames, make_engine
 from step_ros.decode import decode_compressed, decode_raw
-from step_ros.engine import Head, StreamingEngine
+from step_ros.engine import EngineConfig, Head, Offer, StreamingEngine
 
 STAGES = ('preprocess', 'backbone', 'head', 'post')
 
@@ -161,18 +160,24 @@ def achieved(counted: dict, *, stage_times: dict, pairs: dict, num_frames: int,
 def cameras(backbone: FrozenBackbone, head: Head, frames: Frames, *, num_frames: int,
             streams: list[int], budget: Budget, clock: Clock, sample_hz: float,
             gflops_per_frame: float) -> list[dict]:
-    """Throughput with the frames of K cameras batched in one backbone pass (+ K heads)."""
-    first = backbone(frames.frame(0)[None])[0]  # (1 + N, D)
+    """Throughput of the engine serving K cameras: each step offers one due frame per camera
+    (`push_many`), one batched backbone pass and one batched head pass over the K windows."""
     rows = []
     for k in streams:
-        rings = make_rings(backbone, streams=k, num_frames=num_frames)
-        for ring in rings:  # steady state from the first step: contents do not change cost
-            for t in range(num_frames):
-                ring.append(first, t)
+        names = tuple(f'cam{j}' for j in range(k))
+        engine = StreamingEngine(backbone, [head], EngineConfig(num_frames=num_frames),
+                                 streams=names)
+        for t in range(num_frames - 1):  # T - 1 frames in every ring: each later step predicts
+            engine.push_many([Offer(n, frames.frame(t + j), frames.stamp(t))
+                              for j, n in enumerate(names)])
 
-        def step(i: int, k: int = k, rings: list = rings) -> None:
-            if push_batch(backbone, [head], rings, frames.batch(i, k), frames.stamp(i)) is None:
-                raise RuntimeError('bench: a prefilled ring was not full')
+        def step(i: int, engine: StreamingEngine = engine, names: tuple = names) -> None:
+            i += num_frames - 1
+            batch = frames.batch(i, len(names))
+            results = engine.push_many([Offer(n, batch[j], frames.stamp(i))
+                                        for j, n in enumerate(names)])
+            if not all(r.predictions for r in results):
+                raise RuntimeError(f'bench: step {i} did not predict on every camera')
 
         times = budget.run(step, clock)
         stats = summary(times)

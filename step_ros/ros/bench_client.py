@@ -3,6 +3,7 @@
   e2e    640x480 rgb8 at 30 Hz: publish -> HumanAction received latency p50 / p99, delivered rate.
   flood  1920x1080 rgb8 at 100 Hz for minutes: node RSS (/proc/<pid>/status), latency over time,
          and the node's own counters from /diagnostics: frames dropped and counted, not queued.
+  multicam  K cameras into one node against K nodes (step_ros/ros/bench_multicam.py).
 
 `--start-node` runs the node itself (tiny backbone on the CPU, a random-weight head) under
 `--ns`; otherwise the client talks to a running node in that namespace (RSS via --node-pid, or
@@ -46,7 +47,8 @@ MODES = {  # mode -> (rate Hz, width, height, seconds)
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument('mode', choices=sorted(MODES))
+    parser.add_argument('mode', choices=sorted(MODES),
+                        help='e2e | flood; `multicam --help`: K cameras, one node vs K nodes')
     parser.add_argument('--rate', type=float, help='publish rate in Hz (e2e 30, flood 100)')
     parser.add_argument('--width', type=int, help='frame width (e2e 640, flood 1920)')
     parser.add_argument('--height', type=int, help='frame height (e2e 480, flood 1080)')
@@ -187,6 +189,10 @@ def analyse(result: dict, client: Client, *, rate: float, sample_hz: float, fram
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['multicam']:  # K cameras into one node against K nodes: its own module
+        from step_ros.ros.bench_multicam import main as multicam
+        return multicam(argv, prog=prog)
     args = build_parser(prog).parse_args(argv)
     rate, width, height, seconds = MODES[args.mode]
     rate, width = args.rate or rate, args.width or width

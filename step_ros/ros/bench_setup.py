@@ -50,9 +50,12 @@ def write_node_files(out: Path, *, frames: int, window_seconds: float) -> Path:
     return path
 
 
-def start_node(params: Path, *, ns: str, log: Path) -> subprocess.Popen:
+def start_node(params: Path, *, ns: str, log: Path, name: str | None = None
+               ) -> subprocess.Popen:
     command = [sys.executable, '-m', 'step_ros.ros.perception_node', '--ros-args',
                '--params-file', str(params), '-r', f'__ns:={ns}']
+    if name is not None:
+        command += ['-r', f'__node:={name}']
     with log.open('w') as sink:
         return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
 

@@ -7,8 +7,7 @@ import time
 from collections import Counter, deque
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from std_msgs.msg import Header
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 LATENCY_WINDOW = 500  # latencies kept for the percentiles
 
@@ -62,10 +61,11 @@ class NodeStats:
         return float(p50), float(p99)
 
 
-def report(*, name: str, hardware_id: str, stats: NodeStats, dropped: dict[str, int],
-           buffered: int, num_frames: int, warming_up: bool, stamp, image_topic: str,
-           fault: str | None = None, problem: str | None = None) -> DiagnosticArray:
-    """One DiagnosticStatus with the node's state and counters.
+def status(*, name: str, hardware_id: str, stats: NodeStats, dropped: dict[str, int],
+           buffered: int, num_frames: int, warming_up: bool, image_topic: str,
+           fault: str | None = None, problem: str | None = None,
+           extra: dict[str, str] | None = None) -> DiagnosticStatus:
+    """The DiagnosticStatus of one camera: its state and counters.
 
     `fault` (the inference worker died or is stuck) makes it ERROR: results have stopped.
     `problem` (e.g. a window that never fills) and an input without images make it WARN.
@@ -95,7 +95,7 @@ def report(*, name: str, hardware_id: str, stats: NodeStats, dropped: dict[str, 
         'published': str(stats.published),
         'latency p50 (ms)': f'{p50:.1f}',
         'latency p99 (ms)': f'{p99:.1f}',
+        **(extra or {}),
     }
-    status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                              values=[KeyValue(key=k, value=v) for k, v in values.items()])
-    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=v) for k, v in values.items()])

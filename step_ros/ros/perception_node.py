@@ -9,18 +9,24 @@ latest-wins slot; one worker thread decodes it, pushes it through the streaming 
 samples by header stamp), feeds each head's raw prediction to that head's Decider (the ROS-free
 decision stage that bag-eval and the demo run too) and publishes both on `human_action`, the
 START / END events on `human_action/events`. A slow model therefore drops frames and never
-answers with stale ones. A watchdog in the diagnostics timer turns /diagnostics to ERROR when
-that worker died or is stuck.
+answers with stale ones. With `cameras` set, every camera n has its own inputs (n/image), slots,
+sampler, window, Deciders, outputs (n/human_action) and /diagnostics status, and the worker
+batches the due frames of the cameras through one backbone pass (`batch_timeout_ms`). A
+watchdog in the diagnostics timer turns /diagnostics to ERROR when that worker died or is stuck.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import re
 import signal
 import sys
 import time
 import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
 
 import rclpy
 import torch
@@ -51,7 +57,7 @@ from step_ros.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
 from step_ros.decision import ActionEvent as Event
 from step_ros.decision import Decider
 from step_ros.decode import ImageRejected, check_message, decode_message
-from step_ros.engine import StepResult, StreamingEngine
+from step_ros.engine import Offer, StepResult, StreamingEngine
 from step_ros.ros import diagnostics
 from step_ros.ros.conversions import (
     annotate,
@@ -81,11 +87,55 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 WARN_PERIOD_S = 5.0  # at most one warning per kind of problem in this time
 # Consecutive frames each farther apart than the window: the window can never fill.
 GAP_RESETS_WARNED = 3
-INPUTS = ('image', 'image/compressed')  # relative topics, also the names of the worker's slots
+INPUTS = ('image', 'image/compressed')
+# A camera that sent nothing for this long is not waited for by a batch (until it sends again).
+LIVE_SECONDS = 1.0  # relative topics, also the names of the worker's slots
 
 
 class StartupError(RuntimeError):
     """The node cannot run as configured; the fatal log line says why."""
+
+
+@dataclass
+class Camera:
+    """One camera's inputs, outputs, decision state and counters ('' is the single input)."""
+
+    name: str
+    inputs: tuple[str, str]  # relative raw and compressed topics, also the worker's slot keys
+    image_topic: str  # resolved, for messages
+    compressed_topic: str
+    stats: diagnostics.NodeStats = field(default_factory=diagnostics.NodeStats)
+    outputs: dict[str, LifecyclePublisher] = field(default_factory=dict)  # per head (task)
+    events: dict[str, LifecyclePublisher] = field(default_factory=dict)
+    deciders: dict[str, Decider] = field(default_factory=dict)
+    debug: LifecyclePublisher | None = None
+    frame_id: str = ''  # of the newest image, for events decided without one
+    previous_stamp_ns: int | None = None
+    gap_resets: int = 0  # consecutive frames that restarted the window by a gap
+    dropped: Counter = field(default_factory=Counter)  # by workers of earlier activations
+    last_received: float = -math.inf  # monotonic s of its newest image
+
+    def live(self, now: float) -> bool:
+        """Sending images: a batch waits for this camera's frame (up to batch_timeout_ms)."""
+        return now - self.last_received < LIVE_SECONDS
+
+    def prefix(self, topic: str) -> str:
+        return f'{self.name}/{topic}' if self.name else topic
+
+
+@dataclass
+class Frame:
+    """An image the worker took, checked and stamped, waiting for its turn in the engine."""
+
+    camera: Camera
+    key: str
+    msg: Image | CompressedImage
+    received_ns: int
+    stamp_ns: int
+
+    @property
+    def compressed(self) -> bool:
+        return isinstance(self.msg, CompressedImage)
 
 
 class PerceptionNode(LifecycleNode):
@@ -106,20 +156,13 @@ class PerceptionNode(LifecycleNode):
         self.config: PerceptionConfig | None = None
         self.engine: StreamingEngine | None = None
         self.worker: Worker | None = None
-        self.stats = diagnostics.NodeStats()
         self._log = RateLimitedLog(self.get_logger(), period=WARN_PERIOD_S)
-        self._dropped: dict[str, int] = {}  # frames dropped by workers of earlier activations
-        self._previous_stamp_ns: int | None = None
-        self._gap_resets = 0  # consecutive frames that restarted the window by a gap
-        self._image_topic = self.resolve_topic_name('image')
-        self._compressed_topic = self.resolve_topic_name('image/compressed')
-        self._outputs: dict[str, LifecyclePublisher] = {}
-        self._events: dict[str, LifecyclePublisher] = {}
-        self._deciders: dict[str, Decider] = {}  # per head (task): the decision state
-        self._frame_id = ''  # of the newest image, for events decided without one
+        self.cameras: dict[str, Camera] = {}  # by name; configure to cleanup
+        self._camera_of: dict[str, Camera] = {}  # by input (slot key)
+        self._carry: list[tuple[str, tuple]] = []  # taken, left for the next batch
+        self._carry_dropped: Counter[str] = Counter()  # carried items replaced by newer ones
         self._labels_publishers: list[Publisher] = []
         self._diagnostics: LifecyclePublisher | None = None
-        self._debug: LifecyclePublisher | None = None
         self._inputs: list[Subscription] = []
         self._diagnostics_timer: Timer | None = None
         if not self.autostart:
@@ -152,14 +195,35 @@ class PerceptionNode(LifecycleNode):
             return self._configure_failed(str(exc))
         except Exception:  # rclpy would turn it into an error transition without a word
             return self._configure_failed(f'unexpected error\n{traceback.format_exc()}')
-        self.stats = diagnostics.NodeStats()
-        self._dropped = {}
-        for head, topic in zip(self.engine.heads, self.config.head_topics):
-            self._outputs[head.task] = self.create_lifecycle_publisher(HumanAction, topic,
-                                                                       RESULT_QOS)
-            self._events[head.task] = self.create_lifecycle_publisher(
+        self.cameras, self._camera_of = {}, {}
+        for name in self.config.camera_names:
+            inputs = (f'{name}/{INPUTS[0]}', f'{name}/{INPUTS[1]}') if name else INPUTS
+            camera = Camera(name=name, inputs=inputs,
+                            image_topic=self.resolve_topic_name(inputs[0]),
+                            compressed_topic=self.resolve_topic_name(inputs[1]))
+            self._configure_outputs(camera)
+            self.cameras[name] = camera
+            self._camera_of.update(dict.fromkeys(inputs, camera))
+        self._diagnostics = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics',
+                                                            RESULT_QOS)
+        info = self.engine.backbone.info
+        cameras = f', cameras {list(self.config.cameras)}' if self.config.cameras else ''
+        self.get_logger().info(
+            f'configured: backbone {info.id} on {self.engine.backbone.device} '
+            f'({self.engine.backbone.dtype}), heads {[h.task for h in self.engine.heads]}, '
+            f'{self.config.engine.num_frames} frames over {self.config.engine.window_seconds} s'
+            f'{cameras}')
+        return super().on_configure(state)
+
+    def _configure_outputs(self, camera: Camera) -> None:
+        """A camera's HumanAction, events and labels publishers per head, and its Deciders."""
+        for head, head_topic in zip(self.engine.heads, self.config.head_topics):
+            topic = camera.prefix(head_topic)
+            camera.outputs[head.task] = self.create_lifecycle_publisher(HumanAction, topic,
+                                                                        RESULT_QOS)
+            camera.events[head.task] = self.create_lifecycle_publisher(
                 ActionEvent, f'{topic}/events', EVENT_QOS)
-            self._deciders[head.task] = Decider(
+            camera.deciders[head.task] = Decider(
                 task=head.task, labels=head.labels, background=head.background,
                 config=self.config.decision,
                 window_ns=round(self.config.engine.window_seconds * 1e9))
@@ -169,38 +233,39 @@ class PerceptionNode(LifecycleNode):
             labels = self.create_publisher(ActionLabels, f'{topic}/labels', LATCHED_QOS)
             labels.publish(labels_msg(head, topic=self.resolve_topic_name(topic)))
             self._labels_publishers.append(labels)
-        self._diagnostics = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics',
-                                                            RESULT_QOS)
         if self.config.debug_image:
-            self._debug = self.create_lifecycle_publisher(Image, 'debug_image', RESULT_QOS)
-        info = self.engine.backbone.info
-        self.get_logger().info(
-            f'configured: backbone {info.id} on {self.engine.backbone.device} '
-            f'({self.engine.backbone.dtype}), heads {[h.task for h in self.engine.heads]}, '
-            f'{self.config.engine.num_frames} frames over {self.config.engine.window_seconds} s')
-        return super().on_configure(state)
+            camera.debug = self.create_lifecycle_publisher(Image, camera.prefix('debug_image'),
+                                                           RESULT_QOS)
+
+    def output_topics(self) -> list[str]:
+        return [self.resolve_topic_name(camera.prefix(topic)) for camera in self.cameras.values()
+                for topic in self.config.head_topics]
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self.engine.reset()  # a window never spans the time the node was inactive
-        self._previous_stamp_ns, self._gap_resets = None, 0
-        self.worker = Worker(process=self._process, on_error=self._on_worker_error,
-                             stall_seconds=self.config.worker_timeout)
+        for camera in self.cameras.values():
+            camera.previous_stamp_ns, camera.gap_resets = None, 0
+        self._carry = []
+        self.worker = Worker(process=self._process_batch, on_error=self._on_worker_error,
+                             stall_seconds=self.config.worker_timeout, batched=True)
         self.worker.start()
         qos = IMAGE_QOS[self.config.image_qos]
-        raw, compressed = INPUTS
-        self._inputs = [self.create_subscription(
-            Image, raw, lambda msg: self._on_image(msg, raw), qos)]
-        if self.config.subscribe_compressed:
+        for camera in self.cameras.values():
+            raw, compressed = camera.inputs
             self._inputs.append(self.create_subscription(
-                CompressedImage, compressed, lambda msg: self._on_image(msg, compressed), qos))
+                Image, raw, lambda msg, key=raw: self._on_image(msg, key), qos))
+            if self.config.subscribe_compressed:
+                self._inputs.append(self.create_subscription(
+                    CompressedImage, compressed,
+                    lambda msg, key=compressed: self._on_image(msg, key), qos))
         # A steady clock: diagnostics keep coming under use_sim_time while /clock is silent.
         self._diagnostics_timer = self.create_timer(
             self.config.diagnostics_period, self._publish_diagnostics,
             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        inputs = ', '.join(camera.image_topic for camera in self.cameras.values())
         self.get_logger().info(
-            f'ready: input {self._image_topic} ({self.config.image_qos}) -> '
-            f'{[self.resolve_topic_name(t) for t in self.config.head_topics]}')
+            f'ready: input {inputs} ({self.config.image_qos}) -> {self.output_topics()}')
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -245,27 +310,32 @@ class PerceptionNode(LifecycleNode):
         if not worker.stop(timeout=10.0):
             self.get_logger().error('inference worker did not stop within 10 s')
             return
-        for key, count in worker.slot.dropped_by.items():
-            self._dropped[key] = self._dropped.get(key, 0) + count
-        # Handed over, not yet taken by the worker (one per input at most).
-        while (leftover := worker.slot.take(timeout=0)) is not None:
+        for key, count in (worker.slot.dropped_by + self._carry_dropped).items():
+            self._camera_of[key].dropped[key] += count
+        self._carry_dropped = Counter()
+        # Handed over, not yet taken by the worker (one per input at most), and carried ones.
+        items = worker.slot.take_all(timeout=0)
+        while items or self._carry:
             try:
-                self._process(leftover)
+                self._process_batch(items, batch_timeout=0.0)
             except Exception as exc:  # as in the worker: one bad frame is reported, not raised
                 self._on_worker_error(exc)
+                self._carry = []
+            items = []
 
     def _release(self) -> None:
         """Drop the model and the outputs (idempotent); the device memory goes back."""
-        for publisher in (*self._outputs.values(), *self._events.values()):
-            self.destroy_lifecycle_publisher(publisher)
-        for publisher in (self._diagnostics, self._debug):
-            if publisher is not None:
+        for camera in self.cameras.values():
+            for publisher in (*camera.outputs.values(), *camera.events.values()):
                 self.destroy_lifecycle_publisher(publisher)
+            if camera.debug is not None:
+                self.destroy_lifecycle_publisher(camera.debug)
+        if self._diagnostics is not None:
+            self.destroy_lifecycle_publisher(self._diagnostics)
         for publisher in self._labels_publishers:
             self.destroy_publisher(publisher)
-        self._outputs, self._events, self._labels_publishers = {}, {}, []
-        self._deciders = {}
-        self._diagnostics = self._debug = None
+        self.cameras, self._camera_of, self._labels_publishers = {}, {}, []
+        self._diagnostics = None
         cuda = self.engine is not None and self.engine.backbone.device.type == 'cuda'
         self.engine = self.config = None
         gc.collect()  # the engine holds reference cycles (modules); free them now
@@ -292,91 +362,177 @@ class PerceptionNode(LifecycleNode):
 
     def _on_image(self, msg: Image | CompressedImage, key: str) -> None:
         # Runs in the executor: never the model, only the hand-off to the worker.
-        self.stats.count_received()
+        camera = self._camera_of[key]
+        camera.stats.count_received()
+        camera.last_received = time.monotonic()
         self.worker.submit((msg, time.monotonic_ns()), key)
 
-    def _process(self, item: tuple[Image | CompressedImage, int]) -> None:
+    def _process_batch(self, items: list[tuple[str, tuple]], *,
+                       batch_timeout: float | None = None) -> None:
+        """The worker's turn: every image it took, through the engine.
+
+        Frames the stamp samplers skip go through at once. A frame that is due waits up to
+        batch_timeout_ms for the due frames of the other live cameras (an image in the last
+        LIVE_SECONDS), then all of them go through the backbone as one batch. A second frame
+        of a camera already in the batch (its raw and compressed inputs, or a frame that came
+        while waiting) is left for the next turn.
+        """
+        timeout = self.config.batch_timeout_ms / 1e3 if batch_timeout is None else batch_timeout
+        latest: dict[str, tuple] = {}
+        for key, item in [*self._carry, *items]:  # latest wins per input, carried ones too
+            if key in latest:
+                self._carry_dropped[key] += 1
+            latest[key] = item
+        self._carry = []
+        batch: dict[str, Frame] = {}
+        deadline = None
+        queue = list(latest.items())
+        while True:
+            full = False
+            for key, item in queue:
+                frame = self._admit(key, item)
+                if frame is None:
+                    continue
+                if frame.camera.name in batch:
+                    self._carry.append((key, item))
+                    full = True
+                elif self.engine.due(frame.camera.name, frame.stamp_ns):
+                    batch[frame.camera.name] = frame
+                    deadline = deadline or time.monotonic() + timeout
+                else:
+                    self._run([frame])  # skipped by its sampler: nothing to wait for
+            now = time.monotonic()
+            waited_for = [c for c in self.cameras.values() if c.live(now)]
+            if full or not batch or all(c.name in batch for c in waited_for) or \
+                    self.worker is None:
+                break
+            remaining = deadline - time.monotonic()
+            queue = self.worker.slot.take_all(timeout=remaining) if remaining > 0 else []
+            if not queue:
+                break
+        if batch:
+            self._run(list(batch.values()))
+
+    def _admit(self, key: str, item: tuple) -> Frame | None:
+        """Stamp and check one image (format and declared sizes, no pixel decoded)."""
         msg, received_ns = item
+        camera = self._camera_of[key]
         header = msg.header
         stamp_ns = stamp_to_ns(header.stamp)
         if stamp_ns == 0:
             # Sampling follows header stamps; an unstamped camera would never fill a window.
-            self._log.warning('stamp', f'images on {self._image_topic} have zero header stamps; '
+            self._log.warning(f'stamp {camera.name}',
+                              f'images on {camera.image_topic} have zero header stamps; '
                               'using the receive time (fix the camera driver)')
             header.stamp = self.get_clock().now().to_msg()
             stamp_ns = stamp_to_ns(header.stamp)
-        compressed = isinstance(msg, CompressedImage)
-        limit = self.config.max_image_pixels
+        frame = Frame(camera=camera, key=key, msg=msg, received_ns=received_ns,
+                      stamp_ns=stamp_ns)
         try:
-            # Every frame: format and declared sizes, no pixel decoded.
-            check_message(msg, compressed=compressed, max_pixels=limit)
-            # Decoded (e.g. a JPEG) only if the stamp sampler keeps the frame: most are skipped.
-            result = self.engine.push(
-                lambda: decode_message(msg, compressed=compressed, max_pixels=limit),
-                stamp_ns, received_ns)
+            check_message(msg, compressed=frame.compressed,
+                          max_pixels=self.config.max_image_pixels)
         except ImageRejected as exc:
-            self.stats.count_rejected(exc.kind)
-            topic = self._compressed_topic if compressed else self._image_topic
-            self._log.warning(exc.kind, f'rejected image on {topic} ({exc.kind}, '
-                              f'{self.stats.rejected[exc.kind]} so far): {exc}')
-            return
-        self.stats.count_processed()
-        self._frame_id = header.frame_id
-        if result.reset:
-            self._log.info('reset', 'header stamps went back or left a gap: window restarted')
-            self._end_actions()
-        self._watch_gaps(stamp_ns, reset=result.reset)
-        self._publish_results(result, header=header, received_ns=received_ns)
-        if self._debug is not None and result.predictions:
-            self._debug.publish(rgb_to_image(annotate(result.frame, result.predictions),
-                                             header=header))
+            self._rejected(frame, exc)
+            return None
+        return frame
 
-    def _publish_results(self, result: StepResult, *, header: Header, received_ns: int
-                         ) -> None:
+    def _rejected(self, frame: Frame, exc: ImageRejected) -> None:
+        stats = frame.camera.stats
+        stats.count_rejected(exc.kind)
+        topic = frame.camera.compressed_topic if frame.compressed else frame.camera.image_topic
+        self._log.warning(f'{exc.kind} {frame.camera.name}',
+                          f'rejected image on {topic} ({exc.kind}, '
+                          f'{stats.rejected[exc.kind]} so far): {exc}')
+
+    def _run(self, frames: list[Frame]) -> None:
+        """Frames of distinct cameras through the engine as one batch, then their results."""
+        limit = self.config.max_image_pixels
+        # Decoded (e.g. a JPEG) only if the stamp sampler keeps the frame: most are skipped.
+        offers = [Offer(f.camera.name, partial(decode_message, f.msg, compressed=f.compressed,
+                                               max_pixels=limit), f.stamp_ns, f.received_ns)
+                  for f in frames]
+        try:
+            results = self.engine.push_many(offers)
+        except Exception as exc:  # e.g. NonFiniteScores: the batch gives no result
+            for frame in frames:
+                frame.camera.stats.count_rejected('error')
+            self._on_worker_error(exc, counted=True)
+            return
+        for frame, result in zip(frames, results):
+            if isinstance(result.error, ImageRejected):
+                self._rejected(frame, result.error)
+            elif result.error is not None:
+                frame.camera.stats.count_rejected('error')
+                self._on_worker_error(result.error, counted=True)
+            else:
+                self._after(frame, result)
+
+    def _after(self, frame: Frame, result: StepResult) -> None:
+        camera, header = frame.camera, frame.msg.header
+        camera.stats.count_processed()
+        camera.frame_id = header.frame_id
+        if result.reset:
+            self._log.info(f'reset {camera.name}', 'header stamps went back or left a gap'
+                           + (f' on {camera.image_topic}' if camera.name else '')
+                           + ': window restarted')
+            self._end_actions(camera)
+        self._watch_gaps(camera, frame.stamp_ns, reset=result.reset)
+        self._publish_results(camera, result, header=header, received_ns=frame.received_ns)
+        if camera.debug is not None and result.predictions:
+            camera.debug.publish(rgb_to_image(annotate(result.frame, result.predictions),
+                                              header=header))
+
+    def _publish_results(self, camera: Camera, result: StepResult, *, header: Header,
+                         received_ns: int) -> None:
         """Each raw prediction through its head's Decider: HumanAction, then its events. While
         the window fills, each sampled frame gives a warming_up HumanAction per head."""
         for prediction in result.predictions:
-            decision = self._deciders[prediction.task].update(
+            decision = camera.deciders[prediction.task].update(
                 probs=prediction.probs, stamp_ns=prediction.stamp_ns,
                 window_start_ns=prediction.window_start_ns, ambiguous=prediction.ambiguous)
             latency_ns = time.monotonic_ns() - received_ns
-            self._outputs[prediction.task].publish(prediction_to_msg(
+            camera.outputs[prediction.task].publish(prediction_to_msg(
                 prediction, decision=decision, header=header, latency_ns=latency_ns))
-            self.stats.count_published(latency_ns)
-            self._publish_events(decision.events)
-        if result.sampled and self.engine.warming_up:
-            for task, decider in self._deciders.items():
-                self._outputs[task].publish(warming_up_msg(
-                    decider.warming_up(), task=task, frames=self.engine.buffered,
-                    window_start_ns=self.engine.ring.oldest_stamp(), header=header,
+            camera.stats.count_published(latency_ns)
+            self._publish_events(camera, decision.events)
+        ring = self.engine.streams[camera.name].ring
+        if result.sampled and not ring.full:
+            for task, decider in camera.deciders.items():
+                camera.outputs[task].publish(warming_up_msg(
+                    decider.warming_up(), task=task, frames=ring.count,
+                    window_start_ns=ring.oldest_stamp(), header=header,
                     latency_ns=time.monotonic_ns() - received_ns))
 
-    def _end_actions(self) -> None:
+    def _end_actions(self, camera: Camera | None = None) -> None:
         """The stream restarted or stops: every head's open action ends (END events)."""
-        for decider in self._deciders.values():
-            self._publish_events(decider.reset())
+        for one in self.cameras.values() if camera is None else (camera,):
+            for decider in one.deciders.values():
+                self._publish_events(one, decider.reset())
 
-    def _publish_events(self, events: tuple[Event, ...] | list[Event]) -> None:
+    def _publish_events(self, camera: Camera, events: tuple[Event, ...] | list[Event]) -> None:
         for event in events:
-            self._events[event.task].publish(event_to_msg(event, frame_id=self._frame_id))
+            camera.events[event.task].publish(event_to_msg(event, frame_id=camera.frame_id))
+            where = f'{camera.name}: ' if camera.name else ''
             self.get_logger().info(
-                f'{event.task}: {event.kind.upper()} {event.label} at '
+                f'{where}{event.task}: {event.kind.upper()} {event.label} at '
                 f'{event.stamp_ns / 1e9:.3f} (confidence {event.confidence:.2f}'
                 + (f', {event.duration_s:.2f} s)' if event.kind == 'end' else ')'))
 
-    def _watch_gaps(self, stamp_ns: int, *, reset: bool) -> None:
+    def _watch_gaps(self, camera: Camera, stamp_ns: int, *, reset: bool) -> None:
         """Warn when every frame restarts the window: frames farther apart than the window."""
-        previous, self._previous_stamp_ns = self._previous_stamp_ns, stamp_ns
+        previous, camera.previous_stamp_ns = camera.previous_stamp_ns, stamp_ns
         window_ns = self.config.engine.window_seconds * 1e9
         if not (reset and previous is not None and stamp_ns - previous > window_ns):
-            self._gap_resets = 0
+            camera.gap_resets = 0
             return
-        self._gap_resets += 1
-        if self._gap_resets >= GAP_RESETS_WARNED:
-            self._log.warning('window', self._gap_problem(stamp_ns - previous))
+        camera.gap_resets += 1
+        if camera.gap_resets >= GAP_RESETS_WARNED:
+            self._log.warning(f'window {camera.name}',
+                              self._gap_problem(camera, stamp_ns - previous))
 
-    def _gap_problem(self, gap_ns: float) -> str:
-        return (f'frames on the input are {gap_ns / 1e9:.3g} s apart, more than '
+    def _gap_problem(self, camera: Camera, gap_ns: float) -> str:
+        where = f'on {camera.image_topic} ' if camera.name else 'on the input '
+        return (f'frames {where}are {gap_ns / 1e9:.3g} s apart, more than '
                 f'window_seconds={self.config.engine.window_seconds:g}: every frame restarts '
                 'the window, which never fills; raise window_seconds')
 
@@ -386,24 +542,34 @@ class PerceptionNode(LifecycleNode):
         fault = worker.fault()
         if fault is not None:
             self._log.error('worker', f'{fault}; no results are published')
-        dropped = dict(self._dropped)
-        for key, count in worker.slot.dropped_by.items():
-            dropped[key] = dropped.get(key, 0) + count
-        problem = None
-        if self._gap_resets >= GAP_RESETS_WARNED and self._previous_stamp_ns is not None:
-            problem = 'window never fills: frames farther apart than window_seconds'
-        self._diagnostics.publish(diagnostics.report(
-            name=f'{self.get_name()}: action recognition',
-            hardware_id=f'{backbone.info.id} on {backbone.device}', stats=self.stats,
-            dropped=dropped, buffered=self.engine.buffered,
-            num_frames=self.config.engine.num_frames, warming_up=self.engine.warming_up,
-            stamp=self.get_clock().now().to_msg(), image_topic=self._image_topic,
-            fault=fault, problem=problem))
+        statuses = []
+        # Node-wide, in every camera's status: frames / passes is the mean backbone batch.
+        passes = {'backbone passes': str(self.engine.stats['backbone_batches']),
+                  'backbone frames': str(self.engine.stats['backbone_frames'])}
+        for camera in self.cameras.values():
+            problem = None
+            if camera.gap_resets >= GAP_RESETS_WARNED and camera.previous_stamp_ns is not None:
+                problem = 'window never fills: frames farther apart than window_seconds'
+            ring = self.engine.streams[camera.name].ring
+            keys = camera.inputs if self.config.subscribe_compressed else camera.inputs[:1]
+            name = f'{self.get_name()}: action recognition'
+            statuses.append(diagnostics.status(
+                name=f'{name} ({camera.name})' if camera.name else name,
+                hardware_id=f'{backbone.info.id} on {backbone.device}', stats=camera.stats,
+                dropped={key: camera.dropped[key] + worker.slot.dropped_by[key]
+                         + self._carry_dropped[key] for key in keys},
+                buffered=ring.count, num_frames=self.config.engine.num_frames,
+                warming_up=not ring.full, image_topic=camera.image_topic, fault=fault,
+                problem=problem, extra=passes))
+        self._diagnostics.publish(DiagnosticArray(
+            header=Header(stamp=self.get_clock().now().to_msg()), status=statuses))
 
-    def _on_worker_error(self, exc: BaseException) -> None:
+    def _on_worker_error(self, exc: BaseException, *, counted: bool = False) -> None:
         if not self.context.ok():
             return  # shutting down: publishers are gone, nothing to report
-        self.stats.count_rejected('error')
+        if not counted:
+            for camera in self.cameras.values():
+                camera.stats.count_rejected('error')
         self._log.error('error', f'inference failed: {type(exc).__name__}: {exc}')
 
     def destroy_node(self) -> None:

@@ -61,6 +61,16 @@ class LatestSlot:
             key = min(self._items, key=lambda k: self._items[k][0])
             return self._items.pop(key)[2]
 
+    def take_all(self, timeout: float | None = None) -> list[tuple[str, Any]]:
+        """Every waiting item as (input, item), longest waiting first; waits for at least one
+        (empty when closed or after `timeout`)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self._closed, timeout=timeout)
+            order = sorted(self._items, key=lambda k: self._items[k][0])
+            items = [(key, self._items[key][2]) for key in order]
+            self._items.clear()
+            return items
+
     def waiting_since(self) -> float | None:
         """Monotonic time since which an input has had an item waiting; None when all empty."""
         with self._cond:
@@ -81,13 +91,15 @@ class Worker:
 
     An exception from `process` goes to `on_error`; an exception from `on_error` itself is
     printed and the thread goes on. Only a BaseException that is not an Exception (or a bug here)
-    ends the thread, and `fault()` then says so.
+    ends the thread, and `fault()` then says so. With `batched`, `process` gets every item
+    waiting at once, as a list of (input, item) (several cameras: one batch).
     """
 
     def __init__(self, *, process: Callable[[Any], None],
                  on_error: Callable[[BaseException], None], name: str = 'inference',
-                 stall_seconds: float = 10.0) -> None:
+                 stall_seconds: float = 10.0, batched: bool = False) -> None:
         self.slot = LatestSlot()
+        self.batched = batched
         self._process = process
         self._on_error = on_error
         self.stall_seconds = stall_seconds
@@ -133,8 +145,8 @@ class Worker:
     def _run(self) -> None:
         try:
             while not self.slot.closed:
-                item = self.slot.take()
-                if item is None:
+                item = self.slot.take_all() if self.batched else self.slot.take()
+                if item is None or (self.batched and not item):
                     continue
                 self._busy_since = time.monotonic()
                 try:
