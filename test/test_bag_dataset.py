@@ -270,3 +270,13 @@ def test_relative_timeline_counts_from_the_first_frame(tmp_path, setup):
     a, r = (FeatureCache.load(tmp_path / n) for n in ('abs', 'rel'))
     assert a.window_stamps == r.window_stamps and torch.equal(a.targets, r.targets)
 
+
+
+def test_images_over_the_node_pixel_limit_are_skipped_as_the_node_does(setup, tmp_path, capsys):
+    _, bag, _ = setup  # 48x64 frames: 3072 pixels
+    params = write_params(tmp_path / 'p.yaml', {'backbone.weights': 'tiny', 'device': 'cpu',
+                                                'num_frames': T, 'window_seconds': WINDOW,
+                                                'max_image_pixels': 3000})
+    assert run_extract([bag], params, tmp_path / 'c') == 2
+    err = capsys.readouterr().err
+    assert 'no decodable image' in err and 'max_image_pixels=3000' in err, err
