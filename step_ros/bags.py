@@ -23,7 +23,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from step_ros.decode import ImageRejected, decode_message
+from step_ros.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_message
 from step_ros.engine import MAX_DISORDER_NS
 
 IMAGE = 'sensor_msgs/msg/Image'
@@ -158,8 +158,9 @@ def _stamp_ns(msg) -> int:
 
 
 def iter_frames(path: str | Path, topic: str, *, stats: ReadStats | None = None,
-                reorder: int = 16) -> Iterator[BagFrame]:
-    """Decoded frames of one image topic in header-stamp order.
+                reorder: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[BagFrame]:
+    """Decoded frames of one image topic in header-stamp order; images larger than
+    `max_pixels` (the node's `max_image_pixels`) are skipped as the node rejects them.
 
     Up to `reorder` messages are held back to sort stamps that arrive slightly out of order;
     a stamp far behind the newest one flushes the held ones first (a restart stays a restart).
@@ -178,7 +179,8 @@ def iter_frames(path: str | Path, topic: str, *, stats: ReadStats | None = None,
                 stats.out_of_order += 1
             last_out = stamp
             try:
-                image = decode_message(msg, compressed=msgtype == COMPRESSED)
+                image = decode_message(msg, compressed=msgtype == COMPRESSED,
+                                       max_pixels=max_pixels)
                 if not image.flags.writeable:  # a view of the bag's buffer: torch wants its own
                     image = image.copy()
             except ImageRejected as exc:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from node_helpers import REPO, make_head, write_params
 
 from step_ros.bags import BagWriter, iter_frames, list_topics
@@ -234,3 +235,18 @@ def test_cli_exit_code_without_traceback(setup, tmp_path):
     assert done.stderr.strip().splitlines() == [
         "bag-eval: error: bag '" + str(bag) + "' has no topic '/camera/depth'; its image "
         "topics: ['/camera/image_raw']"]
+
+
+def test_the_params_files_image_size_limit_applies_as_in_the_node(setup, tmp_path, capsys):
+    """max_image_pixels of the params file, not the built-in default, rejects the 80x64 frames
+    (5,120 pixels), as the node given that file would."""
+    tmp, bag, timeline, params = setup
+    tree = yaml.safe_load(params.read_text())
+    tree['/**']['ros__parameters']['max_image_pixels'] = 5000
+    small = tmp_path / 'small.yaml'
+    small.write_text(yaml.safe_dump(tree))
+    assert bag_eval.main(['--bag', str(bag), '--topic', TOPIC, '--labels', str(timeline),
+                          '--config', str(small), '--out', str(tmp_path / 'o'), '--device',
+                          'cpu', '--no-progress']) == 2
+    line = one_error_line(capsys)
+    assert 'no decodable image (60 messages' in line and 'max_image_pixels=5000' in line, line

@@ -147,7 +147,7 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
     records: list[StreamRecord] = []
     reset_pending = False
     first = last = None
-    frames = iter_frames(args.bag, args.topic, stats=stats)
+    frames = iter_frames(args.bag, args.topic, stats=stats, max_pixels=config.max_image_pixels)
     start = time.perf_counter()
     if writer is not None:
         writer.__enter__()
