@@ -4,6 +4,7 @@ Writes <out>/<head>.safetensors for every --head, config.json (the resolved sett
 log.jsonl (loss and accuracy per epoch and head) and curves.png. With several --task (columns
 of the clip list, e.g. `--task action --task object` on synth's data), every head is trained
 for every task on the same pass over the cache and written as <out>/<task>_<head>.safetensors.
+Several --cache are concatenated (step_ros.cache_concat: the same labels, T and backbone).
 With --val-cache, each head's temperature is fitted on the validation windows (NLL) and stored
 in its checkpoint, with the ECE before and after in calibration.json.
 Under torchrun the heads train with DistributedDataParallel, --batch-size is per rank (global
@@ -18,6 +19,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from step_ros.cache_concat import concat_caches
 from step_ros.distributed import rank_device, session
 from step_ros.features import DataError, FeatureCache
 from step_ros.heads import PRESETS, HeadConfig
@@ -94,7 +96,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
-    parser.add_argument('--cache', type=Path, required=True, help='training feature cache')
+    parser.add_argument('--cache', type=Path, action='append', required=True,
+                        help='training feature cache; repeatable: several caches (e.g. one of '
+                             'clips and one of recordings) with the same labels, T and backbone '
+                             'are trained on as one')
     parser.add_argument('--val-cache', type=Path, default=None,
                         help='validation cache: accuracy per epoch in the log')
     parser.add_argument('--head', action='append', required=True,
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         with session(device=args.device) as dist:  # a process group under torchrun, else None
-            cache = FeatureCache.load(args.cache)
+            cache = concat_caches([FeatureCache.load(path) for path in args.cache])
             val = FeatureCache.load(args.val_cache) if args.val_cache else None
             presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
             heads, tasks = task_heads(presets, args.task or ['action'], cache)
