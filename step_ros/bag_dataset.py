@@ -41,6 +41,7 @@ from step_ros.bag_cache import FRAMES_FORMAT, INDEX, WINDOWS_FORMAT
 from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
 from step_ros.checkpoint import MAX_FRAMES, validate_pairs
 from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
+from step_ros.decode import DEFAULT_MAX_PIXELS
 from step_ros.distributed import Dist
 from step_ros.engine import EngineConfig, StampSampler
 from step_ros.features import DataError, read_pairs
@@ -68,9 +69,10 @@ class NodeSettings:
     precision: str
     num_frames: int
     window_seconds: float
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped, as the node does
 
     NAMES = ('backbone.weights', 'backbone.image_size', 'device', 'precision', 'num_frames',
-             'window_seconds')
+             'window_seconds', 'max_image_pixels')
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> NodeSettings:
@@ -88,11 +90,14 @@ class NodeSettings:
             raise ConfigError(f"num_frames={v['num_frames']}: must be in [1, {MAX_FRAMES}]")
         if not v['window_seconds'] > 0:
             raise ConfigError(f"window_seconds={v['window_seconds']}: must be > 0")
+        if v['max_image_pixels'] < 1:
+            raise ConfigError(f"max_image_pixels={v['max_image_pixels']}: must be >= 1")
         if v['backbone.image_size'] < 0:
             raise ConfigError(f"backbone.image_size={v['backbone.image_size']}: must be >= 0")
         return cls(backbone_weights=v['backbone.weights'], image_size=v['backbone.image_size'],
                    device=v['device'], precision=v['precision'], num_frames=v['num_frames'],
-                   window_seconds=v['window_seconds'])
+                   window_seconds=v['window_seconds'],
+                   max_image_pixels=v['max_image_pixels'])
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(num_frames=self.num_frames, window_seconds=self.window_seconds)
@@ -258,6 +263,7 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
         index = {**old, **{k: index[k] for k in ('labels', 'symmetric_pairs', 'shard_size',
                                                  'stride', 'straddle', 'rule')}}
     job = _Job(out=out, index=index, backbone=backbone, sampler=settings.sampler,
+               max_pixels=settings.max_image_pixels,
                shard_size=shard_size, batch_frames=batch_frames, dist=dist,
                progress=progress and (dist is None or dist.is_main))
     number = 0
@@ -300,6 +306,7 @@ class _Job:
     index: dict
     backbone: FrozenBackbone
     sampler: Any  # () -> StampSampler
+    max_pixels: int
     shard_size: int
     batch_frames: int
     dist: Dist | None
@@ -336,8 +343,8 @@ class _Job:
             shards.append(shard)
             pending.clear()
 
-        for run, frame in sampled(counted(iter_frames(rec.bag, rec.topic, stats=stats)),
-                                  self.sampler()):
+        frames = iter_frames(rec.bag, rec.topic, stats=stats, max_pixels=self.max_pixels)
+        for run, frame in sampled(counted(frames), self.sampler()):
             stamps.append(frame.stamp_ns)
             runs.append(run)
             pending.append((run, frame))

@@ -270,3 +270,47 @@ def test_relative_timeline_counts_from_the_first_frame(tmp_path, setup):
     a, r = (FeatureCache.load(tmp_path / n) for n in ('abs', 'rel'))
     assert a.window_stamps == r.window_stamps and torch.equal(a.targets, r.targets)
 
+
+
+def test_images_over_the_node_pixel_limit_are_skipped_as_the_node_does(setup, tmp_path, capsys):
+    _, bag, _ = setup  # 48x64 frames: 3072 pixels
+    params = write_params(tmp_path / 'p.yaml', {'backbone.weights': 'tiny', 'device': 'cpu',
+                                                'num_frames': T, 'window_seconds': WINDOW,
+                                                'max_image_pixels': 3000})
+    assert run_extract([bag], params, tmp_path / 'c') == 2
+    err = capsys.readouterr().err
+    assert 'no decodable image' in err and 'max_image_pixels=3000' in err, err
+
+
+def test_one_process_finishes_what_torchrun_ranks_left(setup, tmp_path, monkeypatch):
+    """Records of an interrupted torchrun (no index yet) are kept by a plain re-run."""
+    _, bag, params = setup
+    whole = tmp_path / 'whole'
+    assert run_extract([bag], params, whole, '--shard-size', '4') == 0
+    index = json.loads((whole / 'index.json').read_text())
+    rec = index['recordings'][0]
+    key = {k: index[k] for k in ('backbone', 'num_frames', 'window_seconds', 'shard_size')}
+    part = tmp_path / 'part'
+    part.mkdir()
+    begin = 0
+    for shard in rec['shards']:
+        stamps = rec['stamps'][begin:begin + shard['count']]
+        begin += shard['count']
+        if shard['file'] != 'frames_00002.safetensors':  # the one shard left unfinished
+            (part / shard['file']).write_bytes((whole / shard['file']).read_bytes())
+            (part / shard['file'].replace('.safetensors', '.done.json')).write_text(
+                json.dumps(dict(key=key, file=shard['file'], stamps=stamps)))
+    calls = []
+    real = bag_dataset.encode
+
+    def counting(backbone, images, **kwargs):
+        calls.append(len(images))
+        return real(backbone, images, **kwargs)
+
+    monkeypatch.setattr(bag_dataset, 'encode', counting)
+    assert run_extract([bag], params, part, '--shard-size', '4') == 0
+    assert calls == [4]  # shard 2 only
+    assert not list(part.glob('*.done.json'))  # folded into the index
+    assert json.loads((part / 'index.json').read_text()) == index
+    a, b = (FeatureCache.load(d / 'train') for d in (whole, part))
+    assert a.window_stamps == b.window_stamps and torch.equal(a.tokens.frames, b.tokens.frames)
