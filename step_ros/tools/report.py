@@ -82,9 +82,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     group.add_argument('--val-clips', type=int, default=8, help='val clips per class (8)')
     group.add_argument('--test-clips', type=int, default=20, help='test clips per class (20)')
     group = parser.add_argument_group('PEFT (trained through the backbone: far costlier)')
-    group.add_argument('--peft-epochs', type=int, default=6, help='epochs (6)')
-    group.add_argument('--peft-train-clips', type=int, default=16,
-                       help='first train clips per class they train on (16; 0: all)')
+    group.add_argument('--peft-epochs', type=int, default=12, help='epochs (12)')
+    group.add_argument('--peft-train-clips', type=int, default=0,
+                       help='first train clips per class they train on (0: all, the default)')
     add_train_arguments(parser)
     return parser
 
