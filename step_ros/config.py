@@ -105,6 +105,7 @@ FLOAT_RANGES = {'window_seconds': (0.0, 3600.0), 'diagnostics_period': (0.05, 36
 # Zero is a valid value of these (the others must be > 0).
 ZERO_ALLOWED = ('batch_timeout_ms',)
 # A camera name: relative topic name tokens (it prefixes the camera's topics).
+MAX_CAMERAS = 64  # each camera costs subscriptions, publishers and a window on the device
 CAMERA_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*')
 
 
@@ -176,6 +177,9 @@ class PerceptionConfig:
                 raise ConfigError(f'backbone.weights={weights!r}: no such directory (a local '
                                   "Hugging Face model directory, or 'tiny')")
         cameras = tuple(c for c in v['cameras'] if c)
+        if len(cameras) > MAX_CAMERAS:
+            raise ConfigError(f'cameras: {len(cameras)} names, at most {MAX_CAMERAS} '
+                              '(run several nodes beyond that)')
         for camera in cameras:
             if not CAMERA_NAME.fullmatch(camera):
                 raise ConfigError(f'cameras: {camera!r} is not a camera name (letters, digits, '

@@ -88,6 +88,21 @@ def test_bad_precision_is_rejected(capsys):
 ROS_READY = all(importlib.util.find_spec(m) is not None for m in ('rclpy', 'step_ros_msgs'))
 
 
+def run_bounded(command: list[str], *, env: dict, timeout: float
+                ) -> tuple[subprocess.Popen, str]:
+    """Run a bench command in its own session: on a timeout the whole group (client and the
+    nodes it started) is killed. -> (the finished process, its output)."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    return process, output
+
+
 @pytest.mark.skipif(not ROS_READY, reason='rclpy / step_ros_msgs not importable (source '
                                           'install/setup.bash)')
 def test_bench_client_e2e_against_node(tmp_path):
@@ -96,15 +111,7 @@ def test_bench_client_e2e_against_node(tmp_path):
     command = [sys.executable, '-m', 'step_ros.ros.bench_client', 'e2e', '--start-node',
                '--seconds', '8', '--frames', '4', '--window-seconds', '1.0',
                '--ready-timeout', '60', '--out', str(tmp_path)]
-    # Its own session: on a timeout the whole group (client and the node it started) is killed.
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    process, output = run_bounded(command, env=env, timeout=120)
     node_log = tmp_path / 'e2e_node.log'
     log = node_log.read_text() if node_log.exists() else '(no node log)'
     assert process.returncode == 0, f'{output}\n--- node log ---\n{log}'
@@ -128,14 +135,7 @@ def test_bench_ros_multicam_compares_one_node_with_separate_nodes(tmp_path):
     command = [sys.executable, '-m', 'step_ros', 'bench-ros', 'multicam', '--cameras', '2',
                '--rate', '10', '--seconds', '4', '--warmup', '2', '--frames', '4',
                '--window-seconds', '1.0', '--ready-timeout', '150', '--out', str(tmp_path)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=480)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    process, output = run_bounded(command, env=env, timeout=480)
     assert process.returncode == 0, output
     report = json.loads((tmp_path / 'multicam.json').read_text())
     one, separate, single = report['runs']

@@ -103,6 +103,8 @@ def test_cameras_and_batch_timeout(valid):
                                            'batch_timeout_ms': 0})
     assert config.cameras == ('front', 'arm/wrist') == config.camera_names
     assert config.batch_timeout_ms == 0.0
+    with pytest.raises(ConfigError, match='cameras: 65 names, at most 64'):
+        PerceptionConfig.from_params({**valid, 'cameras': [f'c{i}' for i in range(65)]})
     with pytest.raises(ConfigError, match="heads.topics=.*must be relative.*'/human_action'"):
         PerceptionConfig.from_params({**valid, 'cameras': ['front'],
                                       'heads.topics': ['/human_action']})
