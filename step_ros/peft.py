@@ -104,8 +104,12 @@ class TemporalAdapter(nn.Module):
         self.down = nn.Linear(dim, hidden)
         self.conv = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden)
         self.up = nn.Linear(hidden, dim)
-        for tensor in (self.conv.weight, self.conv.bias, self.down.bias, self.up.bias):
-            nn.init.zeros_(tensor)  # as ST-Adapter: the block starts as the identity
+        # The block starts as the identity through the zero up projection. The temporal kernel
+        # keeps torch's default (random) init: zero-initialised, as in ST-Adapter's code, it
+        # stayed symmetric in time on the synthetic set (reversed accuracy == forward after 324
+        # steps; docs/RESULTS.md), so the adapter never read order.
+        for tensor in (self.up.weight, self.up.bias, self.conv.bias, self.down.bias):
+            nn.init.zeros_(tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bt, n, dim = x.shape  # (B*T, n, D): patch tokens of every frame

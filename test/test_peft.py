@@ -107,6 +107,22 @@ def test_temporal_methods_see_frame_order(backbone, name):
     assert (forward - reverse).abs().max() > 1e-3, (forward - reverse).abs().max()
 
 
+def test_st_adapter_starts_as_the_identity_with_a_kernel_that_is_not_symmetric_in_time(backbone):
+    """Untrained, the block is a no-op (zero up projection), but its temporal kernel is random.
+
+    A zero kernel, as in ST-Adapter's code, stayed symmetric in time over the report's training:
+    reversed clips scored exactly as forward ones and the adapter never read order."""
+    model = _model(backbone, 'st_adapter_linear')
+    pixels = _pixels(backbone)
+    frozen = backbone.forward_pixels(pixels.flatten(0, 1)).view(2, T, -1, 96)
+    assert torch.allclose(model.forward_features(pixels), frozen, atol=1e-5)
+    for adapter in model.adapters:
+        kernel = adapter.conv.weight.detach().squeeze(1)  # (hidden, kernel)
+        asymmetry = float((kernel - kernel.flip(-1)).abs().mean())
+        assert asymmetry > 0.25 * float(kernel.abs().mean()) > 0, asymmetry
+        assert not adapter.up.weight.any(), 'the up projection starts at zero'
+
+
 def test_st_adapter_mixes_frames_inside_the_backbone(backbone):
     """Changing one frame changes the other frames' tokens (and only for ST-Adapter)."""
     pixels = _pixels(backbone)
