@@ -18,7 +18,7 @@ from step_ros.tools import report
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp('report')
-    assert report.main(['--quick', '--out', str(out)]) == 0
+    assert report.main(['--quick', '--out', str(out), '--peft-lr', '0.02']) == 0
     return out, json.loads((out / 'report.json').read_text())
 
 
@@ -38,6 +38,17 @@ def test_quick_report_has_every_method_and_table(quick):
         assert f'| {name} |' in text, name
     assert set(summary['tasks']) == {'object/step', 'object/linear'}, summary['tasks']
     assert (out / 'eval' / 'st_adapter_linear' / 'report.json').is_file()
+    # --peft-lr reaches every PEFT row's training, and only those
+    assert summary['peft_lr'] == 0.02, summary['peft_lr']
+    assert {n: r['train']['lr'] for n, r in summary['heads'].items() if 'train' in r} == {
+        n: 0.02 for n in PEFT_PRESETS}
+
+
+@pytest.mark.parametrize('value', ['0', '-0.1', '1.5', 'nan'])
+def test_a_bad_peft_learning_rate_is_refused_in_one_line(tmp_path, capsys, value):
+    assert report.main(['--out', str(tmp_path), '--peft-lr', value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and f'--peft-lr {float(value)}' in err, err
 
 
 @pytest.mark.timeout(1200)

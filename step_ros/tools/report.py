@@ -36,6 +36,7 @@ SPLITS = ('train', 'val', 'test')
 MULTITASK_HEADS = ('step', 'linear')  # trained for every further task of the data
 VITB_FRAMES = 16
 # --quick: a smoke run of every code path in a couple of minutes on a loaded 2-core machine.
+PEFT_LR = 0.01  # the PEFT rows' peak learning rate: see docs/RESULTS.md for the choice
 QUICK = dict(train_clips=4, val_clips=1, test_clips=4, frames=4, image_size=56, epochs=2,
              warmup_epochs=1, head=['step', 'linear'], peft_epochs=1, peft_train_clips=2)
 QUICK_SYNTH = ['--size', '64x64', '--min-frames', '8', '--max-frames', '12']
@@ -83,6 +84,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     group.add_argument('--test-clips', type=int, default=20, help='test clips per class (20)')
     group = parser.add_argument_group('PEFT (trained through the backbone: far costlier)')
     group.add_argument('--peft-epochs', type=int, default=12, help='epochs (12)')
+    group.add_argument('--peft-lr', type=float, default=PEFT_LR,
+                       help=f'peak AdamW learning rate of every PEFT row ({PEFT_LR:g}; chosen on '
+                            'the validation split, docs/RESULTS.md)')
     group.add_argument('--peft-train-clips', type=int, default=0,
                        help='first train clips per class they train on (0: all, the default)')
     add_train_arguments(parser)
@@ -145,7 +149,7 @@ def _peft_rows(args, backbone: FrozenBackbone, data: Path, names: list[str],
     train = load_pixels(read_clip_list(data / 'train.csv'), backbone, num_frames=args.frames)
     train = train.subset(args.peft_train_clips)
     test = load_pixels(read_clip_list(data / 'test.csv'), backbone, num_frames=args.frames)
-    peft_config = replace(config, epochs=args.peft_epochs,
+    peft_config = replace(config, epochs=args.peft_epochs, lr=args.peft_lr,
                           warmup_epochs=min(config.warmup_epochs, args.peft_epochs - 1))
     heads = args.num_heads or auto_num_heads(backbone.info.embed_dim)
     rows = {}
@@ -154,6 +158,7 @@ def _peft_rows(args, backbone: FrozenBackbone, data: Path, names: list[str],
                              num_heads=heads)
         report = evaluate_peft(trained.model, test)
         report['log'] = trained.log
+        report['train'] = asdict(peft_config)
         write_report(out / 'eval' / name, report, title=f'{name} on the test split')
         report['cost'] = peft_cost(trained.model, example=test.pixels[:1].float())
         rows[name] = report
@@ -192,9 +197,24 @@ def _multitask_costs(args, backbone: FrozenBackbone, rows: dict, task_rows: dict
     return costs
 
 
+def _peft_names(args: argparse.Namespace) -> list[str]:
+    """The PEFT rows asked for; bad PEFT options fail here, before any work."""
+    names = list(PEFT_PRESETS) if args.peft is None else [
+        n for n in dict.fromkeys(args.peft) if n != 'none']
+    unknown = [n for n in names if n not in PEFT_PRESETS]
+    if unknown:
+        raise ValueError(f'--peft {unknown}: unknown; choose from {list(PEFT_PRESETS)} or none')
+    if args.peft_epochs < 1:
+        raise ValueError(f'--peft-epochs {args.peft_epochs}: must be >= 1')
+    if not 0 < args.peft_lr < 1:  # also refuses nan
+        raise ValueError(f'--peft-lr {args.peft_lr}: must be in (0, 1)')
+    return names
+
+
 def run(args: argparse.Namespace) -> dict:
     out: Path = args.out
     started = time.perf_counter()
+    peft_names = _peft_names(args)
     data = args.data
     if data is None:
         data = out / 'data'
@@ -208,13 +228,6 @@ def run(args: argparse.Namespace) -> dict:
         caches[split] = FeatureCache.load(out / 'cache' / split)
     heads = resolve_heads(args.head or ['all'], dim=caches['train'].dim,
                           num_heads=args.num_heads)
-    peft_names = list(PEFT_PRESETS) if args.peft is None else [
-        n for n in dict.fromkeys(args.peft) if n != 'none']
-    unknown = [n for n in peft_names if n not in PEFT_PRESETS]
-    if unknown:
-        raise ValueError(f'--peft {unknown}: unknown; choose from {list(PEFT_PRESETS)} or none')
-    if args.peft_epochs < 1:
-        raise ValueError(f'--peft-epochs {args.peft_epochs}: must be >= 1')
     config = train_config(args)
     rows, task_rows, frame_gflops = _frozen_rows(args, backbone, caches, heads, config, out)
     rows |= _peft_rows(args, backbone, data, peft_names, config,
@@ -248,7 +261,8 @@ def run(args: argparse.Namespace) -> dict:
     summary = dict(
         data=str(data), backbone=backbone.info.to_dict(), frames=args.frames,
         train=asdict(config), quick=args.quick, peft_epochs=args.peft_epochs,
-        peft_train_clips=args.peft_train_clips, backbone_gflops_per_frame=frame_gflops,
+        peft_lr=args.peft_lr, peft_train_clips=args.peft_train_clips,
+        backbone_gflops_per_frame=frame_gflops,
         vitb14_backbone_gflops_per_frame=vitb_frame, minutes=round(minutes, 2),
         checks={claim: ok for claim, ok in results},
         heads={n: _summary(r) for n, r in rows.items()},
@@ -266,8 +280,9 @@ def _summary(r: dict) -> dict:
     for key in ('cost', 'vitb'):
         if key in r:
             values[key] = asdict(r[key])
-    if 'gflops' in r:
-        values['gflops'] = r['gflops']
+    for key in ('gflops', 'train'):
+        if key in r:
+            values[key] = r[key]
     return values
 
 
