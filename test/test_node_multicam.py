@@ -2,8 +2,6 @@
 camera its own topics, window, decisions and /diagnostics status, one batched backbone pass, and
 a silent camera that holds nobody up."""
 
-import time
-
 import numpy as np
 import pytest
 from ros2_cli import Background, require_ros2_tools
@@ -68,9 +66,7 @@ class Cell:
         self.spin(0.15)
 
     def spin(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.02)
+        spin_until(self.executor, lambda: False, timeout=seconds)
 
     def results(self, camera: str) -> list[HumanAction]:
         return [a for a in self.actions[camera] if a.state != HumanAction.STATE_WARMING_UP]

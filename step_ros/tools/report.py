@@ -35,8 +35,8 @@ from step_ros.training import TrainConfig, save_run, train_heads
 SPLITS = ('train', 'val', 'test')
 MULTITASK_HEADS = ('step', 'linear')  # trained for every further task of the data
 VITB_FRAMES = 16
-# --quick: a smoke run of every code path in a couple of minutes on a loaded 2-core machine.
 PEFT_LR = 0.01  # the PEFT rows' peak learning rate: see docs/RESULTS.md for the choice
+# --quick: a smoke run of every code path in a couple of minutes on a loaded 2-core machine.
 QUICK = dict(train_clips=4, val_clips=1, test_clips=4, frames=4, image_size=56, epochs=2,
              warmup_epochs=1, head=['step', 'linear'], peft_epochs=1, peft_train_clips=2)
 QUICK_SYNTH = ['--size', '64x64', '--min-frames', '8', '--max-frames', '12']
