@@ -6,8 +6,11 @@ the engine's `StampSampler` on the node's grid (window_seconds / T) -> `FrozenBa
 and `forward_pixels`, the calls `StreamingEngine.push` makes. Every run of T consecutive sampled
 frames (a sampler restart starts a new run, as it clears the node's ring) is a window the node
 would classify. A window lying inside one timeline segment takes its label; one that straddles
-two segments (or leaves the timeline) is dropped (`straddle='drop'`) or labelled by the label of
-more than half of its frames (`straddle='majority'`; dropped when no label has that many).
+two segments (or leaves the timeline) is dropped (`straddle='drop'`), labelled by the label of
+more than half of its frames (`straddle='majority'`; dropped when no label has that many), or by
+its newest frame's label once that label holds NEWEST_FRACTION of the frames (`straddle='newest'`:
+an online detector's target, which names a new segment while it is still under way; else the
+majority label).
 
 Layout of an output directory OUT:
 - `OUT/index.json` (format `step_ros.bag_frames/1`): node settings, backbone, labels, pairs and
@@ -24,6 +27,7 @@ after a barrier.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -56,7 +60,11 @@ STRADDLE_RULES = {
     'majority': 'a window that straddles segments takes the label that more than half of its T '
                 'frames carry (frames outside the timeline carry none) and is dropped when no '
                 'label has that many',
+    'newest': "a window that straddles segments takes its newest frame's label once at least "
+              '3/8 of its T frames carry it (a new segment is named while under way), else the '
+              'majority label, and is dropped when neither applies',
 }
+NEWEST_FRACTION = 3 / 8  # of the T frames: 3 of 8 frames (0.75 s) into a new segment
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,15 @@ def majority_label(stamps: list[int], timeline) -> str | None:
     return label if 2 * n > len(stamps) else None
 
 
+def newest_label(stamps: list[int], timeline) -> str | None:
+    """The newest frame's label when at least NEWEST_FRACTION of the frames carry it, else None."""
+    label = timeline.label_at(stamps[-1])
+    if label is None:
+        return None
+    count = sum(timeline.label_at(s) == label for s in stamps)
+    return label if count >= math.ceil(NEWEST_FRACTION * len(stamps) - 1e-9) else None
+
+
 def label_windows(stamps: list[int], runs: list[int], timeline, *, num_frames: int,
                   stride: int, straddle: str = 'drop') -> list[tuple[int, str]]:
     """(first frame, label) of every labelled window, straddling ones by STRADDLE_RULES."""
@@ -171,8 +188,11 @@ def label_windows(stamps: list[int], runs: list[int], timeline, *, num_frames: i
     out = []
     for start in window_starts(runs, num_frames=num_frames, stride=stride):
         label = timeline.label_over(stamps[start], stamps[start + num_frames - 1])
-        if label is None and straddle == 'majority':
-            label = majority_label(stamps[start:start + num_frames], timeline)
+        window = stamps[start:start + num_frames]
+        if label is None and straddle == 'newest':
+            label = newest_label(window, timeline)
+        if label is None and straddle in ('majority', 'newest'):
+            label = majority_label(window, timeline)
         if label is not None:
             out.append((start, label))
     return out

@@ -106,6 +106,29 @@ def test_majority_rule_labels_straddling_windows_by_most_frames():
         label_windows(stamps, runs, timeline, num_frames=3, stride=1, straddle='vote')
 
 
+def test_newest_rule_names_a_new_segment_once_three_of_eight_frames_show_it():
+    timeline = Timeline([Segment(0, 30, 'a'), Segment(30, 60, 'b'), Segment(60, 64, 'c'),
+                         Segment(64, 100, 'a')])
+    stamps = list(range(0, 100, 3))  # 0 3 ... 99: frames 0-9 in a, 10-19 in b, 20-21 in c
+    runs = [0] * len(stamps)
+    newest = dict(label_windows(stamps, runs, timeline, num_frames=8, stride=1,
+                                straddle='newest'))
+    majority = dict(label_windows(stamps, runs, timeline, num_frames=8, stride=1,
+                                  straddle='majority'))
+    assert newest[0] == majority[0] == 'a'  # inside one segment
+    assert newest[4] == 'a'  # frames 4-11: two frames of b are too few, six of a the majority
+    assert newest[5] == 'b' and majority[5] == 'a'  # frames 5-12: three of b name it
+    assert newest[7] == majority[7] == 'b'  # frames 7-14: b both ways
+    assert newest[13] == 'b'  # frames 13-20: seven of b, the newest (c) holds one
+    assert newest[15] == 'b'  # frames 15-22: five of b, two of c, the newest (a) one
+    assert 16 not in newest and 16 not in majority  # frames 16-23: 4 b, 2 c, 2 a: neither
+    assert newest[17] == 'a' and 17 not in majority  # frames 17-24: 3 b, 2 c, 3 a
+    # Only where the newest label holds 3 or 4 of the 8 frames do the rules differ:
+    assert {k: v for k, v in newest.items() if majority.get(k) != v} == {
+        5: 'b', 6: 'b', 17: 'a', 18: 'a'}  # 6: 4 a | 4 b; 18: 2 b, 2 c, 4 a
+    assert set(majority) <= set(newest)  # every window the majority labels keeps a label
+
+
 def test_straddle_rule_relabels_a_finished_cache_without_encoding(setup, tmp_path):
     _, bag, params = setup
     out = tmp_path / 'cache'
