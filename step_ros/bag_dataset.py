@@ -177,7 +177,7 @@ def newest_label(stamps: list[int], timeline) -> str | None:
     if label is None:
         return None
     count = sum(timeline.label_at(s) == label for s in stamps)
-    return label if count >= math.ceil(NEWEST_FRACTION * len(stamps) - 1e-9) else None
+    return label if count >= math.ceil(NEWEST_FRACTION * len(stamps)) else None
 
 
 def label_windows(stamps: list[int], runs: list[int], timeline, *, num_frames: int,
