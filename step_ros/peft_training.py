@@ -19,7 +19,7 @@ from step_ros.backbone import FrozenBackbone
 from step_ros.features import ClipList, read_frames
 from step_ros.metrics import accuracy_report
 from step_ros.peft import PeftConfig, PeftModel
-from step_ros.training import TrainConfig, lr_at, param_groups
+from step_ros.training import TrainConfig, flush_denormals, lr_at, param_groups
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainedPeft:
     log: list[dict]
 
 
+@flush_denormals()
 def train_peft(name: str, config: PeftConfig, backbone: FrozenBackbone, data: PixelClips,
                train: TrainConfig, *, num_heads: int, val: PixelClips | None = None,
                progress: bool = True) -> TrainedPeft:

@@ -10,7 +10,7 @@ import torch
 
 from step_ros.features import FeatureCache
 from step_ros.heads import PRESETS
-from step_ros.training import TrainConfig, lr_at, train_heads
+from step_ros.training import TrainConfig, flushes_denormals, lr_at, train_heads
 
 T, N, D = 4, 4, 16
 
@@ -64,3 +64,26 @@ def test_training_uses_warmup_then_cosine(monkeypatch):
     assert base[3] == pytest.approx(1e-3) and base[-1] < 0.05 * 1e-3
     assert all(a > b for a, b in zip(base[3:], base[4:])), base
     assert math.isclose(seen[5][-1], 10.0 * seen[5][0]), seen[5]  # embeddings: 10x the step
+
+
+def test_training_flushes_subnormals_and_restores_the_setting(monkeypatch):
+    # Subnormal floats make CPU arithmetic many times slower; training must flush them to zero
+    # while it runs and leave the process's setting as it found it.
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(flushes_denormals())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, 'step', recording)
+    assert not flushes_denormals()
+    train_heads(_cache(), HEADS, TrainConfig(epochs=1, batch_size=8), progress=False)
+    assert seen and all(seen), seen
+    assert not flushes_denormals(), 'training left subnormals flushed'
+    torch.set_flush_denormal(True)
+    try:
+        train_heads(_cache(), HEADS, TrainConfig(epochs=1, batch_size=8), progress=False)
+        assert flushes_denormals(), 'training turned off a flush it did not turn on'
+    finally:
+        torch.set_flush_denormal(False)
