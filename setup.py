@@ -35,7 +35,7 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'perception_node = step_ros.ros.perception_node:main',
+            'perception_node = step_ros.ros.perception_node:run',
         ],
     },
 )
