@@ -19,7 +19,14 @@ from step_ros.backbone import FrozenBackbone
 from step_ros.features import ClipList, read_frames
 from step_ros.metrics import accuracy_report
 from step_ros.peft import PeftConfig, PeftModel
-from step_ros.training import TrainConfig, flush_denormals, lr_at, param_groups
+from step_ros.training import (
+    TrainConfig,
+    flush_denormals,
+    lr_at,
+    param_groups,
+    reversal_targets,
+    reverse_some,
+)
 
 
 @dataclass
@@ -78,16 +85,21 @@ def train_peft(name: str, config: PeftConfig, backbone: FrozenBackbone, data: Pi
     steps_per_epoch = math.ceil(n / train.batch_size)
     total, warmup = steps_per_epoch * train.epochs, steps_per_epoch * train.warmup_epochs
     generator = torch.Generator().manual_seed(train.seed)
+    flip_generator = torch.Generator().manual_seed(train.seed + 1)  # as training.train_heads
+    reversal = reversal_targets(data.labels, data.symmetric_pairs).to(backbone.device)
     log, step = [], 0
     bar = tqdm(total=total, desc=f'train {name}', unit='step', disable=not progress)
     for epoch in range(train.epochs):
         model.train()
         loss_sum, correct = 0.0, 0
         order = torch.randperm(n, generator=generator)
+        flips = torch.rand(n, generator=flip_generator) < 0.5 if train.reverse_pairs else None
         for i in range(0, n, train.batch_size):
             idx = order[i:i + train.batch_size]
             x = data.pixels[idx].to(backbone.device, torch.float32)  # (B, T, 3, S, S)
             y = data.targets[idx].to(backbone.device)
+            if flips is not None:
+                x, y = reverse_some(x, y, flips[idx].to(backbone.device), reversal)
             factor = lr_at(step, total=total, warmup=warmup)
             for group in optimiser.param_groups:
                 group['lr'] = train.lr * factor * group['lr_scale']

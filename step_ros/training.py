@@ -37,6 +37,9 @@ class TrainConfig:
     # order; a larger step for them (and the CLS / query tokens) makes STEP learn order early.
     embed_lr_scale: float = 30.0
     seed: int = 0
+    # Play each window whose label has a known reversal backwards with probability 1/2 (see
+    # reversal_targets): a symmetric pair's windows then differ only in frame order.
+    reverse_pairs: bool = False
 
     def validate(self) -> None:
         for name in ('epochs', 'batch_size'):
@@ -98,6 +101,34 @@ def predict(module: nn.Module, tokens: torch.Tensor, *, batch_size: int = 64,
     return torch.cat(out)
 
 
+def reversal_targets(labels: tuple[str, ...], pairs, background: str | None = None
+                     ) -> torch.Tensor:
+    """Per label id, the label of the same window played backwards; -1 where none is known.
+
+    A symmetric pair's label becomes its counterpart (`put_down` is `pick_up` played
+    backwards); the background, nothing happening, stays the background. Other actions (`wave`
+    backwards is not a declared label) are never reversed.
+    """
+    out = torch.full((len(labels),), -1, dtype=torch.long)
+    for a, b in pairs:
+        out[labels.index(a)], out[labels.index(b)] = labels.index(b), labels.index(a)
+    if background in labels:
+        out[labels.index(background)] = labels.index(background)
+    return out
+
+
+def reverse_some(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor, reversal: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch (B, T, ...) with the windows `flip` marks and `reversal` knows played
+    backwards (frames last-to-first) and relabelled; the others as they were."""
+    mask = flip & (reversal[y] >= 0)
+    if not bool(mask.any()):
+        return x, y
+    x = x.clone()
+    x[mask] = x[mask].flip(1)
+    return x, torch.where(mask, reversal[y], y)
+
+
 def _val_targets(val: FeatureCache, task: str, labels: tuple[str, ...]) -> torch.Tensor:
     """The validation cache's label ids of a task in the training labels (-1: unknown there)."""
     val_labels, val_targets, _ = val.task(task)
@@ -131,8 +162,12 @@ def flush_denormals() -> Iterator[None]:
 def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: TrainConfig, *,
                 val: FeatureCache | None = None, progress: bool = True,
                 tasks: dict[str, str] | None = None, dist: Dist | None = None,
-                device: str = 'cpu') -> list[TrainedHead]:
+                device: str = 'cpu', background: str | None = None) -> list[TrainedHead]:
     """Train every head on the same batches of `cache`; returns them in eval mode.
+
+    With `config.reverse_pairs`, every epoch plays a seeded half of the windows backwards where
+    their label has a known reversal (`reversal_targets`, with `background` as its own); the
+    batch order is the same as without.
 
     `tasks` maps a head name to the cache task it learns (see FeatureCache.task); heads it does
     not name learn the main `label` task. Every task's heads see exactly the same batches.
@@ -148,10 +183,11 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
         raise ValueError(f'{val.path}: labels {list(val.labels)} differ from the training '
                          f'cache {cache.path}: {list(cache.labels)}')
     tasks = tasks or {}
-    modules, optimisers, targets, val_targets = {}, {}, {}, {}
+    modules, optimisers, targets, val_targets, reversals = {}, {}, {}, {}, {}
     device = device if dist is None else dist.device
     for name, head_config in heads.items():
-        labels, targets[name], _ = cache.task(tasks.get(name, 'label'))
+        labels, targets[name], pairs = cache.task(tasks.get(name, 'label'))
+        reversals[name] = reversal_targets(labels, pairs, background)
         if val is not None:
             val_targets[name] = _val_targets(val, tasks.get(name, 'label'), labels)
         torch.manual_seed(config.seed)  # every head starts from the same seed
@@ -167,6 +203,7 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
     warmup = steps_per_epoch * config.warmup_epochs
     logs: dict[str, list[dict]] = {name: [] for name in heads}
     generator = torch.Generator().manual_seed(config.seed)
+    flip_generator = torch.Generator().manual_seed(config.seed + 1)  # batch order unchanged
     step = 0
     show = progress and (dist is None or dist.is_main)
     bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not show)
@@ -175,6 +212,7 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
             module.train()
         sums = {name: [0.0, 0] for name in heads}  # loss sum, correct
         order = torch.randperm(n, generator=generator)
+        flips = torch.rand(n, generator=flip_generator) < 0.5 if config.reverse_pairs else None
         if dist is None:
             batches = ((order[i:i + global_batch], None, 0) for i in range(0, n, global_batch))
         else:
@@ -186,8 +224,11 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
                 optimiser = optimisers[name]
                 for group in optimiser.param_groups:
                     group['lr'] = config.lr * factor * group['lr_scale']
-                y = targets[name][idx].to(device)
-                logits = model(x)  # (B, C)
+                xb, y = x, targets[name][idx].to(device)
+                if flips is not None:
+                    xb, y = reverse_some(x, y, flips[idx].to(device),
+                                         reversals[name].to(device))
+                logits = model(xb)  # (B, C)
                 if weights is None:
                     loss = F.cross_entropy(logits, y)
                     loss_sum = float(loss.detach()) * len(idx)

@@ -118,9 +118,10 @@ def read_log(run: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(2 * LAUNCH_TIMEOUT)
-def test_two_rank_ddp_training_matches_a_single_process(reference, tmp_path):
+@pytest.mark.parametrize('flags', [[], ['--reverse-pairs']], ids=['plain', 'reverse_pairs'])
+def test_two_rank_ddp_training_matches_a_single_process(reference, tmp_path, flags):
     common = ['--cache', str(reference), '--val-cache', str(reference), '--head', 'step',
-              '--head', 'linear', '--epochs', '3', '--warmup-epochs', '1', '--seed', '5']
+              '--head', 'linear', '--epochs', '3', '--warmup-epochs', '1', '--seed', '5', *flags]
     single, ranked = tmp_path / 'single', tmp_path / 'ranked'
     assert train_cli.main([*common, '--batch-size', '6', '--out', str(single)]) == 0
     torchrun('train', *common, '--batch-size', '3', '--out', str(ranked))

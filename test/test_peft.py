@@ -157,3 +157,44 @@ def test_vitb14_costs_are_counted_at_the_paper_shape():
         c = costs[name]
         assert c.gflops_stream < c.gflops_clip / 5, (name, c)  # one new frame per window
     assert costs['vpt_linear'].params < costs['adaptformer_linear'].params < st.params
+
+
+def test_peft_training_with_reverse_pairs_plays_pair_clips_backwards_as_the_counterpart(
+        backbone, monkeypatch):
+    from torch.nn import functional
+
+    from step_ros import peft_training
+    from step_ros.training import TrainConfig
+
+    pixels = _pixels(backbone, clips=8)
+    data = peft_training.PixelClips(pixels, torch.tensor([0, 2] * 4), ('a', 'b', 'c'),
+                                    (('a', 'b'),))
+    seen, forward = [], PeftModel.forward
+    cross_entropy = functional.cross_entropy
+
+    def recording_forward(self, x):
+        seen.append([x.detach().clone()])
+        return forward(self, x)
+
+    def recording_loss(logits, y, *args, **kwargs):
+        seen[-1].append(y.clone())
+        return cross_entropy(logits, y, *args, **kwargs)
+
+    monkeypatch.setattr(PeftModel, 'forward', recording_forward)
+    monkeypatch.setattr(functional, 'cross_entropy', recording_loss)
+    config = TrainConfig(epochs=2, batch_size=4, warmup_epochs=0, reverse_pairs=True)
+    peft_training.train_peft('vpt_linear', PEFT_PRESETS['vpt_linear'], backbone, data, config,
+                             num_heads=4, progress=False)
+    reversed_a = forward_a = 0
+    for x, y in (s for s in seen if len(s) == 2):  # training steps (not validation)
+        for clip, target in zip(x, y.tolist()):
+            i = next(i for i in range(8) if torch.equal(clip, pixels[i]) or
+                     torch.equal(clip, pixels[i].flip(0)))
+            is_reversed = not torch.equal(clip, pixels[i])
+            if i % 2:  # c has no reversal: always forwards, always c
+                assert not is_reversed and target == 2, (i, target, is_reversed)
+            else:  # a forwards is a; a backwards is its counterpart b
+                assert target == (1 if is_reversed else 0), (i, target, is_reversed)
+                reversed_a += is_reversed
+                forward_a += not is_reversed
+    assert reversed_a and forward_a, (reversed_a, forward_a)

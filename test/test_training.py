@@ -10,7 +10,14 @@ import torch
 
 from step_ros.features import FeatureCache
 from step_ros.heads import PRESETS
-from step_ros.training import TrainConfig, flushes_denormals, lr_at, train_heads
+from step_ros.training import (
+    TrainConfig,
+    flushes_denormals,
+    lr_at,
+    predict,
+    reversal_targets,
+    train_heads,
+)
 
 T, N, D = 4, 4, 16
 
@@ -87,3 +94,51 @@ def test_training_flushes_subnormals_and_restores_the_setting(monkeypatch):
         assert flushes_denormals(), 'training turned off a flush it did not turn on'
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_reversal_targets_map_a_pair_to_its_counterpart_and_background_to_itself():
+    labels = ('pick_up', 'put_down', 'wave', 'none')
+    got = reversal_targets(labels, (('pick_up', 'put_down'),), 'none')
+    assert got.tolist() == [1, 0, -1, 3]
+    assert reversal_targets(labels, (), None).tolist() == [-1, -1, -1, -1]
+
+
+def _ordered_cache(count: int = 48) -> FeatureCache:
+    """Class `a`: frames drift along one direction over time; class `c`: no drift. No `b`."""
+    g = torch.Generator().manual_seed(7)
+    direction = torch.randn(1, 1, 1, D, generator=g)
+    ramp = torch.linspace(-2, 2, T).view(1, T, 1, 1)
+    tokens = torch.randn(count, T, 1 + N, D, generator=g) * 0.3
+    targets = torch.tensor([0, 2] * (count // 2))  # a, c, a, c ...
+    tokens[targets == 0] += ramp * direction
+    return FeatureCache(tokens=tokens.half(), targets=targets, labels=('a', 'b', 'c'),
+                        symmetric_pairs=(('a', 'b'),), backbone={}, num_frames=T,
+                        window_seconds=1.0, path='memory')
+
+
+def test_reverse_pairs_teaches_a_counterpart_that_only_frame_order_tells_apart():
+    cache = _ordered_cache()
+    a = cache.tokens[cache.targets == 0]
+    predicted = {}
+    for reverse_pairs in (False, True):
+        config = TrainConfig(epochs=8, batch_size=8, warmup_epochs=1, reverse_pairs=reverse_pairs)
+        module = train_heads(cache, HEADS, config, progress=False)[0].module
+        predicted[reverse_pairs] = (predict(module, a).argmax(1),
+                                    predict(module, a, reverse=True).argmax(1))
+    forward, backward = predicted[True]
+    assert (forward == 0).float().mean() >= 0.9, forward  # a played forwards: a
+    assert (backward == 1).float().mean() >= 0.9, backward  # a played backwards: its pair, b
+    assert not (predicted[False][1] == 1).any(), predicted[False][1]  # b was never a target
+
+
+def test_reverse_pairs_leaves_labels_without_a_reversal_and_the_batch_order_alone():
+    cache = _cache()
+    cache = FeatureCache(tokens=cache.tokens, targets=cache.targets, labels=cache.labels,
+                         symmetric_pairs=(), backbone={}, num_frames=T, window_seconds=1.0,
+                         path='memory')  # no pair, no background: nothing may be reversed
+    weights = []
+    for reverse_pairs in (False, True):
+        config = TrainConfig(epochs=2, batch_size=8, warmup_epochs=1, reverse_pairs=reverse_pairs)
+        module = train_heads(cache, HEADS, config, progress=False)[0].module
+        weights.append(module.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

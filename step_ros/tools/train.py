@@ -84,6 +84,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             f'tokens ({_DEFAULTS.embed_lr_scale})')
     group.add_argument('--seed', type=int, default=_DEFAULTS.seed,
                        help=f'seed of initialisation and batch order ({_DEFAULTS.seed})')
+    group.add_argument('--reverse-pairs', action='store_true',
+                       help='each epoch, play half of the windows of a symmetric pair backwards '
+                            'as their counterpart (and of the background as background): the '
+                            'pair then differs only in frame order')
     group.add_argument('--num-heads', type=int, default=0,
                        help='attention heads of every head (0: 12 for D >= 384, else 4)')
 
@@ -91,7 +95,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                       embed_lr_scale=args.embed_lr_scale, seed=args.seed)
+                       embed_lr_scale=args.embed_lr_scale, seed=args.seed,
+                       reverse_pairs=args.reverse_pairs)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             config = train_config(args)
             device = rank_device(args.device, local_rank=0) if dist is None else dist.device
             trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
-                                  device=device)
+                                  device=device, background=args.background or None)
             calibration = fit_temperatures(trained, val) if val is not None else {}
             extra = dict(val_cache=str(args.val_cache) if val else None)
             if dist is not None:
