@@ -187,7 +187,7 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
     device = device if dist is None else dist.device
     for name, head_config in heads.items():
         labels, targets[name], pairs = cache.task(tasks.get(name, 'label'))
-        reversals[name] = reversal_targets(labels, pairs, background)
+        reversals[name] = reversal_targets(labels, pairs, background).to(device)
         if val is not None:
             val_targets[name] = _val_targets(val, tasks.get(name, 'label'), labels)
         torch.manual_seed(config.seed)  # every head starts from the same seed
@@ -226,8 +226,7 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
                     group['lr'] = config.lr * factor * group['lr_scale']
                 xb, y = x, targets[name][idx].to(device)
                 if flips is not None:
-                    xb, y = reverse_some(x, y, flips[idx].to(device),
-                                         reversals[name].to(device))
+                    xb, y = reverse_some(x, y, flips[idx].to(device), reversals[name])
                 logits = model(xb)  # (B, C)
                 if weights is None:
                     loss = F.cross_entropy(logits, y)

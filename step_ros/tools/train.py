@@ -86,8 +86,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f'seed of initialisation and batch order ({_DEFAULTS.seed})')
     group.add_argument('--reverse-pairs', action='store_true',
                        help='each epoch, play half of the windows of a symmetric pair backwards '
-                            'as their counterpart (and of the background as background): the '
-                            'pair then differs only in frame order')
+                            'as their counterpart (with train, also half of the --background '
+                            'windows, as the background): the pair then differs only in frame '
+                            'order')
     group.add_argument('--num-heads', type=int, default=0,
                        help='attention heads of every head (0: 12 for D >= 384, else 4)')
 
