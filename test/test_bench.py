@@ -96,6 +96,11 @@ def run_bounded(command: list[str], *, env: dict, timeout: float
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f'{" ".join(command[2:4])} still running after {timeout} s, killed; its '
+                    f'output:\n{output}')
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -129,6 +134,7 @@ def test_bench_client_e2e_against_node(tmp_path):
 
 @pytest.mark.skipif(not ROS_READY, reason='rclpy / step_ros_msgs not importable (source '
                                           'install/setup.bash)')
+@pytest.mark.timeout(540)  # run_bounded's 480 s first: it kills the nodes and shows their output
 def test_bench_ros_multicam_compares_one_node_with_separate_nodes(tmp_path):
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                ROS_DOMAIN_ID=str(random.randint(1, 100)))
