@@ -14,11 +14,13 @@ what a planner can act on:
   prediction flagged ambiguous (symmetric pair), is UNCERTAIN and starts nothing;
 - background: the background label (e.g. `none`) never starts an action; when it wins, IDLE.
 
-Event stamps are backdated by the latency the window and the smoothing imply. The raw
-probability of a new action grows roughly linearly while the action fills the window (over
-`window_ns`), and an EMA follows a ramp `smoothing_seconds` late, so the smoothed probability
-crosses a threshold `th` about `th * window + smoothing_seconds` after the true onset (START) and
-`(1 - th) * window + smoothing_seconds` after the true offset (END).
+Event stamps are backdated by the latency the window and the smoothing imply. A head names the
+segment at its window's middle (what the training labels of `extract --straddle majority` ask of
+it, and what the raw stream's half-window backdating in the metrics assumes), so its top-1
+switches about half a window after a change. The EMA's step response then needs
+`smoothing_seconds * ln(1 / (1 - enter_threshold))` to rise to `enter_threshold` (START) and
+`smoothing_seconds * ln(1 / exit_threshold)` for the ending action's probability to fall to
+`exit_threshold` (END).
 
 ROS-free and numpy only: the node, `bag-eval` and the demo decide with this same code.
 """
@@ -120,10 +122,16 @@ class Decider:
 
     # Latency model (see the module docstring), in nanoseconds.
     def start_lag_ns(self) -> int:
-        return int(round(self.config.enter_threshold * self.window_ns + self.tau_ns))
+        return self._lag_ns(1.0 - self.config.enter_threshold)
 
     def end_lag_ns(self) -> int:
-        return int(round((1.0 - self.config.exit_threshold) * self.window_ns + self.tau_ns))
+        return self._lag_ns(self.config.exit_threshold)
+
+    def _lag_ns(self, remaining: float) -> int:
+        """Half a window, then the EMA's step response until only `remaining` is left."""
+        # enter_threshold = 1 or exit_threshold = 0 is never crossed by an EMA: no event to date.
+        ema = self.tau_ns * math.log(1.0 / max(remaining, 1e-6))
+        return int(round(self.window_ns / 2 + ema))
 
     def _clear(self) -> None:
         self.smoothed: np.ndarray | None = None

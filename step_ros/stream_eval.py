@@ -128,10 +128,18 @@ def stream_report(records: Sequence[StreamRecord], decisions: Sequence[Decision]
                      and records[0].window_start_ns <= s.start_ns <= last - window_ns]
     background_ns = sum(max(0, min(s.end_ns, last) - max(s.start_ns, first))
                         for s in timeline.segments if background and s.label == background)
+    offsets: list[int | None] = []  # the offset estimate of the END that closed each START
+    for e in events:
+        if e.kind == START:
+            offsets.append(None)
+        elif e.kind == END and offsets and offsets[-1] is None:
+            offsets[-1] = e.stamp_ns
     event_block = event_scores(
-        [(e.label, e.stamp_ns, e.decided_ns) for e in starts], true_segments,
+        [(e.label, e.stamp_ns, e.decided_ns) for e in starts], true_segments, offsets=offsets,
         tolerance_ns=window_ns // 2, background_ns=background_ns,
-        background_hits=[bool(background) and timeline.label_at(e.stamp_ns) == background
+        # A false START counts on background when it was raised while nothing was happening:
+        # its decision stamp, not its onset estimate, which depends on the backdating model.
+        background_hits=[bool(background) and timeline.label_at(e.decided_ns) == background
                          for e in starts])
     event_block['ends'] = sum(e.kind == END for e in events)
 

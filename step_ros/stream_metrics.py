@@ -106,18 +106,24 @@ def frame_map(probs: np.ndarray, truth: Sequence[str], labels: Sequence[str], *,
 
 def event_scores(starts: Sequence[tuple[str, int, int]],
                  true_segments: Sequence[tuple[str, int, int]], *, tolerance_ns: int,
-                 background_ns: int, background_hits: Sequence[bool]) -> dict:
+                 background_ns: int, background_hits: Sequence[bool],
+                 offsets: Sequence[int | None]) -> dict:
     """START events against true segments.
 
     `starts`: (label, onset estimate, decided stamp) of every START; `true_segments`:
     (label, start, end) of the non-background segments a START could find. A START is a true
     positive when it names an unmatched segment's label and its onset is within `tolerance_ns`
     of that segment's start (the closest such segment); others, duplicates included, are false.
-    `background_hits[i]`: START i's onset lies in a background segment; false ones of those
-    count as false starts on background, per minute of `background_ns`.
+    `background_hits[i]`: START i was decided inside a background segment; false ones of those
+    count as false starts on background, per minute of `background_ns`. `offsets[i]`: the
+    offset estimate of the END that closed START i (None while open). Onset / offset errors
+    (estimate - truth) are reported over the true positives.
     """
+    if not len(starts) == len(background_hits) == len(offsets):
+        raise ValueError(f'{len(starts)} starts, {len(background_hits)} background_hits and '
+                         f'{len(offsets)} offsets: expected one of each per START')
     matched = [False] * len(true_segments)
-    latencies, false_on_background = [], 0
+    latencies, onset_errors, offset_errors, false_on_background = [], [], [], 0
     tp = 0
     for i, (label, onset, decided) in enumerate(starts):
         best, best_d = -1, None
@@ -129,7 +135,11 @@ def event_scores(starts: Sequence[tuple[str, int, int]],
         if best >= 0:
             matched[best] = True
             tp += 1
-            latencies.append((decided - true_segments[best][1]) / 1e9)
+            _, t_start, t_end = true_segments[best]
+            latencies.append((decided - t_start) / 1e9)
+            onset_errors.append((onset - t_start) / 1e9)
+            if offsets[i] is not None:
+                offset_errors.append((offsets[i] - t_end) / 1e9)
         elif background_hits[i]:
             false_on_background += 1
     precision = tp / len(starts) if starts else None
@@ -138,12 +148,15 @@ def event_scores(starts: Sequence[tuple[str, int, int]],
     if precision is not None and recall is not None:
         f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
-    def pct(q: float) -> float | None:
-        return round(float(np.percentile(latencies, q)), 4) if latencies else None
+    def pct(values: list[float], *qs: int) -> dict:
+        return {f'p{q}': round(float(np.percentile(values, q)), 4) if values else None
+                for q in qs}
 
     return dict(starts=len(starts), true_segments=len(true_segments), start_true_positives=tp,
                 start_precision=_round(precision), start_recall=_round(recall),
-                start_f1=_round(f1), onset_latency_s=dict(p50=pct(50), p90=pct(90)),
+                start_f1=_round(f1), onset_latency_s=pct(latencies, 50, 90),
+                onset_error_s=pct(onset_errors, 10, 50, 90),
+                offset_error_s=pct(offset_errors, 10, 50, 90),
                 false_starts_per_min_background=_round(
                     false_on_background / (background_ns / 60e9) if background_ns else None),
                 background_s=round(background_ns / 1e9, 3))

@@ -81,8 +81,8 @@ def test_start_after_dwell_backdated_by_window_then_end():
     assert (start.kind, start.label, start.task) == ('start', 'pick_up', 'action')
     assert start.decided_ns == t_on + 2 * STEP
     assert start.window_start_ns == t_on + 2 * STEP - W
-    # Onset = first candidate stamp - enter_threshold * window (no smoothing lag).
-    assert start.stamp_ns == t_on - int(0.6 * W)
+    # Onset = first candidate stamp - half a window (no smoothing lag).
+    assert start.stamp_ns == t_on - W // 2
     assert start.duration_s == 0.0
     assert math.isclose(start.confidence, 0.9)
     assert decisions[-1].stable_label == 'pick_up'
@@ -95,7 +95,7 @@ def test_start_after_dwell_backdated_by_window_then_end():
     assert len(events) == 1 and len(ends) == 1  # background never STARTs
     end = ends[0]
     assert end.decided_ns == t_off
-    assert end.stamp_ns == t_off - int(0.6 * W)  # (1 - exit) * window
+    assert end.stamp_ns == t_off - W // 2
     assert math.isclose(end.duration_s, (end.stamp_ns - start.stamp_ns) / 1e9)
     assert math.isclose(end.confidence, 0.9)
     assert decisions[0].state is State.IDLE and decisions[-1].stable_label == ''
@@ -127,7 +127,7 @@ def test_switch_ends_the_old_action_at_the_new_onset():
     feed(d, one_hot(1), 0, 2 * SEC)
     _, events = feed(d, one_hot(2), 2 * SEC, 4 * SEC)
     assert [(e.kind, e.label) for e in events] == [('end', 'pick_up'), ('start', 'put_down')]
-    assert events[0].stamp_ns == events[1].stamp_ns == 2 * SEC - int(0.6 * W)
+    assert events[0].stamp_ns == events[1].stamp_ns == 2 * SEC - W // 2
     assert events[0].decided_ns == events[1].decided_ns == 2 * SEC + 2 * STEP
 
 
@@ -140,7 +140,7 @@ def test_low_confidence_and_ambiguity_are_uncertain_and_start_nothing():
     # Once no longer ambiguous, the candidate (held since 1 s) starts at once, backdated.
     dec = d.update(probs=one_hot(1), stamp_ns=2 * SEC, window_start_ns=0, ambiguous=False)
     assert [e.kind for e in dec.events] == ['start']
-    assert dec.events[0].stamp_ns == SEC - int(0.6 * W)
+    assert dec.events[0].stamp_ns == SEC - W // 2
 
 
 def test_smoothing_is_over_header_time_not_prediction_count():
@@ -159,10 +159,12 @@ def test_smoothing_is_over_header_time_not_prediction_count():
     assert math.isclose(results[0][1], expected, rel_tol=1e-9)
 
 
-def test_smoothing_adds_its_time_constant_to_the_onset_backdating():
-    d = decider(smoothing_seconds=0.5, min_dwell_seconds=0.0)
-    assert d.start_lag_ns() == int(0.6 * W + 0.5 * SEC)
-    assert d.end_lag_ns() == int(0.6 * W + 0.5 * SEC)
+def test_smoothing_adds_its_step_response_to_the_backdating():
+    d = decider(smoothing_seconds=0.5, enter_threshold=0.7, exit_threshold=0.2,
+                min_dwell_seconds=0.0)
+    # The EMA rises from 0 to 0.7 in 0.5 ln(1 / 0.3) s and falls from 1 to 0.2 in 0.5 ln 5 s.
+    assert d.start_lag_ns() == round(W / 2 + 0.5 * SEC * math.log(1 / 0.3))
+    assert d.end_lag_ns() == round(W / 2 + 0.5 * SEC * math.log(5))
 
 
 def test_reset_ends_an_open_action_and_time_going_back_restarts():
@@ -202,3 +204,22 @@ def test_events_alternate_and_never_overlap_on_a_noisy_stream():
     stamps = [e.stamp_ns for e in events]
     assert stamps == sorted(stamps)
     assert all(e.stamp_ns <= e.decided_ns for e in events)
+
+
+@pytest.mark.parametrize('enter,exit_', [(0.6, 0.4), (0.8, 0.2), (0.5, 0.5)])
+def test_events_are_dated_at_the_truth_for_a_head_naming_its_window_middle(enter, exit_):
+    """The head `extract --straddle majority` trains: the label at the window's middle."""
+    step = SEC // 40
+    d = decider(smoothing_seconds=0.5, enter_threshold=enter, exit_threshold=exit_,
+                min_dwell_seconds=0.25)
+    onset, offset = 10 * SEC + 7 * step // 3, 14 * SEC + 7 * step // 3
+    events = []
+    for t in range(0, 20 * SEC, step):
+        middle = t - W // 2
+        events += d.update(probs=one_hot(1 if onset <= middle < offset else 0, 1.0), stamp_ns=t,
+                           window_start_ns=t - W, ambiguous=False).events
+    assert [(e.kind, e.label) for e in events] == [('start', 'pick_up'), ('end', 'pick_up')]
+    # Dated within two predictions of the truth, however late they were decided.
+    assert abs(events[0].stamp_ns - onset) <= 2 * step
+    assert abs(events[1].stamp_ns - offset) <= 2 * step
+    assert events[0].decided_ns - onset > W // 2 + SEC // 4

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from step_ros.decision import Decider, DecisionConfig
+from step_ros.decision import ActionEvent, Decider, DecisionConfig
 from step_ros.stream_eval import StreamRecord, decide, event_intervals, stream_report
 from step_ros.timeline import Segment, Timeline
 
@@ -36,13 +36,12 @@ def test_hand_computed_stream_report():
                             min_dwell_seconds=0.0, min_confidence=0.4)
     decider = Decider(task='t', labels=LABELS, background='none', config=config, window_ns=W)
     decisions, events = decide(records, decider=decider)
-    # START A decided at 2 s, onset 2 - 0.6 * 2 = 0.8 s; END at 5 s, offset 5 - 0.6 * 2 = 3.8 s;
-    # START B decided at 7 s, onset 5.8 s; B still open at the end.
+    # Backdated by half a window (no smoothing): START A decided at 2 s, onset 1 s (A was under
+    # way before the first window); END at 5 s, offset 4 s; START B decided at 7 s, onset 6 s,
+    # still open at the end. The head is half a window late, so these are B's and A's end exactly.
     assert [(e.kind, e.label, e.stamp_ns, e.decided_ns) for e in events] == [
-        ('start', 'A', int(0.8 * S), 2 * S), ('end', 'A', int(3.8 * S), 5 * S),
-        ('start', 'B', int(5.8 * S), 7 * S)]
-    assert event_intervals(events, end_ns=12 * S) == [
-        (int(0.8 * S), int(3.8 * S), 'A'), (int(5.8 * S), 12 * S, 'B')]
+        ('start', 'A', S, 2 * S), ('end', 'A', 4 * S, 5 * S), ('start', 'B', 6 * S, 7 * S)]
+    assert event_intervals(events, end_ns=12 * S) == [(S, 4 * S, 'A'), (6 * S, 12 * S, 'B')]
     r = stream_report(records, decisions, events, timeline=_truth(), labels=LABELS,
                       background='none', window_ns=W, temperature=1.0)
     st = r['stream']
@@ -59,6 +58,9 @@ def test_hand_computed_stream_report():
     assert (ev['starts'], ev['true_segments'], ev['start_true_positives']) == (2, 2, 2)
     assert ev['start_f1'] == 1.0 and ev['false_starts_per_min_background'] == 0.0
     assert ev['onset_latency_s'] == {'p50': 1.5, 'p90': 1.9}  # latencies 2.0 s and 1.0 s
+    # Onsets dated 1 s (A, under way before the first window) and 0 s late; A's END exactly.
+    assert ev['onset_error_s'] == {'p10': 0.1, 'p50': 0.5, 'p90': 0.9}
+    assert ev['offset_error_s'] == {'p10': 0.0, 'p50': 0.0, 'p90': 0.0}
     assert ev['background_s'] == 2.0 and ev['ends'] == 1
     cal = r['calibration']
     assert cal['ece'] == pytest.approx(cal['ece_uncalibrated'])  # T = 1 changes nothing
@@ -87,3 +89,25 @@ def test_flicker_is_removed_by_the_decision_stage():
     assert decided['label_changes_per_min'] == 18.0
     assert decided['edit_score'] == 100.0 > raw['edit_score']
     assert r['events']['start_f1'] == 1.0
+
+
+def test_false_starts_on_background_are_those_decided_while_nothing_happens():
+    records = _records()
+    decider = Decider(task='t', labels=LABELS, background='none', config=DecisionConfig(),
+                      window_ns=W)
+    decisions, _ = decide(records, decider=decider)
+
+    def start(label: str, onset_s: float, decided_s: float) -> ActionEvent:
+        return ActionEvent(task='t', label=label, kind='start', stamp_ns=int(onset_s * S),
+                           decided_ns=int(decided_s * S), window_start_ns=int(decided_s * S) - W,
+                           confidence=0.9, duration_s=0.0)
+
+    events = [
+        start('A', 5.5, 6.5),  # wrong label named during B, its onset dated into the idle gap
+        start('B', 3.5, 4.5),  # raised during the idle gap (onset dated into A): a false alarm
+        start('B', 3.6, 5.5)]  # another
+    r = stream_report(records, decisions, events, timeline=_truth(), labels=LABELS,
+                      background='none', window_ns=W, temperature=1.0)
+    ev = r['events']
+    assert ev['start_true_positives'] == 0 and ev['background_s'] == 2.0
+    assert ev['false_starts_per_min_background'] == 60.0  # 2 in 2 s of background

@@ -63,14 +63,22 @@ def test_event_scores_by_hand():
               ('A', int(10.6 * S), int(11.2 * S)),  # duplicate
               ('B', 18 * S, int(18.5 * S))]  # 3 s off: false, in background
     r = event_scores(starts, true_segments, tolerance_ns=S, background_ns=30 * S,
-                     background_hits=[False, False, True])
+                     background_hits=[False, False, True],
+                     offsets=[int(11.75 * S), None, 19 * S])
     assert (r['starts'], r['start_true_positives']) == (3, 1)
     assert r['start_precision'] == pytest.approx(1 / 3, abs=1e-4)
     assert r['start_recall'] == pytest.approx(0.5)
     assert r['start_f1'] == pytest.approx(0.4)
     assert r['onset_latency_s'] == {'p50': 1.0, 'p90': 1.0}
+    # Only the true positive is dated: onset 0.5 s late, offset 0.25 s early.
+    assert r['onset_error_s'] == {'p10': 0.5, 'p50': 0.5, 'p90': 0.5}
+    assert r['offset_error_s'] == {'p10': -0.25, 'p50': -0.25, 'p90': -0.25}
     assert math.isclose(r['false_starts_per_min_background'], 2.0)
+    with pytest.raises(ValueError, match='one of each per START'):
+        event_scores(starts, true_segments, tolerance_ns=S, background_ns=30 * S,
+                     background_hits=[False, False, True], offsets=[None])
     empty = event_scores([], true_segments, tolerance_ns=S, background_ns=0,
-                         background_hits=[])
+                         background_hits=[], offsets=[])
     assert empty['start_precision'] is None and empty['start_recall'] == 0.0
     assert empty['false_starts_per_min_background'] is None
+    assert empty['onset_error_s'] == {'p10': None, 'p50': None, 'p90': None}

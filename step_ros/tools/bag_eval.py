@@ -336,6 +336,10 @@ def _num(value, fmt: str = '.3g') -> str:
     return '-' if value is None else format(value, fmt)
 
 
+def _quantiles(block: dict) -> str:
+    return ' / '.join(_num(v, '+.2f') for v in block.values())
+
+
 def stream_markdown(report: dict) -> list[str]:
     """The stream section of report.md: raw against decided, events, calibration."""
     if 'stream' not in report:
@@ -359,7 +363,9 @@ def stream_markdown(report: dict) -> list[str]:
               f"F1 {_num(ev['start_f1'])}; onset latency p50 {_num(lat['p50'])} s, p90 "
               f"{_num(lat['p90'])} s; false starts on background "
               f"{_num(ev['false_starts_per_min_background'])} per minute "
-              f"({ev['background_s']} s of background).",
+              f"({ev['background_s']} s of background). Event stamps against the truth "
+              f"(estimate - true, p10 / p50 / p90, true-positive STARTs): onset "
+              f"{_quantiles(ev['onset_error_s'])} s, offset {_quantiles(ev['offset_error_s'])} s.",
               f"Calibration (pure windows, n={cal['windows']}, T={cal['temperature']:.3f}): "
               f"ECE {_num(cal['ece_uncalibrated'])} before, {_num(cal['ece'])} after. "
               f"Per-frame mAP (non-background classes): {_num(report['frame_map'])}."]
