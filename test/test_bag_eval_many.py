@@ -10,6 +10,7 @@ from node_helpers import make_head, write_params
 from step_ros.synth import LABELS, SYMMETRIC_PAIRS
 from step_ros.tools import bag_eval
 from step_ros.tools.bag_eval_many import recording_names
+from step_ros.tools.bag_sweep import PARAMETERS, mean_rows, read_sweep
 from step_ros.tools.synth_bag import write_synth_bag
 
 TOPIC = '/camera/image_raw'
@@ -89,3 +90,49 @@ def test_a_failing_recording_is_named_and_nothing_merged(setup, capsys):
 def test_recording_names_are_distinct():
     assert recording_names([Path('a/run'), Path('b/run'), Path('c/x.bag')]) == [
         '00_run', '01_run', 'x']
+
+
+@pytest.mark.timeout(600)
+def test_several_recordings_average_their_stream_scores_and_sweeps(setup):
+    tmp, recordings, _ = setup
+    out = tmp / 'many_sweep'
+    assert run(setup, out, recordings, '--workers', '2', '--sweep') == 0
+    merged = json.loads((out / 'report.json').read_text())
+    for entry in merged['recordings']:
+        own = json.loads((out / entry['name'] / 'report.json').read_text())
+        assert entry['stream']['edit_score'] == own['stream']['decided']['edit_score']
+        assert entry['stream']['start_f1'] == own['events']['start_f1']
+        assert entry['stream']['ece'] == own['calibration']['ece']
+
+    def mean(values):
+        known = [v for v in values if v is not None]
+        return round(sum(known) / len(known), 4) if known else None
+
+    streams = [r['stream'] for r in merged['recordings']]
+    for key in ('score', 'edit_score', 'label_changes_per_min', 'ece', 'onset_latency_p50'):
+        assert merged['overall']['stream_mean'][key] == mean([s[key] for s in streams]), key
+
+    per_recording = [read_sweep(out / r['name'] / 'sweep.csv') for r in merged['recordings']]
+    rows = read_sweep(out / 'sweep.csv')
+    assert len(rows) == merged['overall']['sweep']['points'] == 192
+    assert merged['overall']['sweep']['best'] == rows[0]
+
+    def point(r):
+        return tuple(r[k] for k in PARAMETERS)
+
+    for row in rows:
+        parts = [next(r for r in sweep if point(r) == point(row)) for sweep in per_recording]
+        for key in ('score', 'edit_score', 'start_f1', 'false_starts_per_min_background'):
+            assert row[key] == mean([p[key] for p in parts]), (point(row), key)
+    assert [r['score'] for r in rows] == sorted((r['score'] for r in rows), reverse=True)
+    assert (out / 'sweep.png').stat().st_size > 0
+    assert 'mean over 2 recordings' in (out / 'sweep.md').read_text()
+    assert '| **mean** |' in (out / 'report.md').read_text()
+
+
+def test_sweeps_of_different_grids_are_not_averaged():
+    a = [dict(zip(PARAMETERS, (0.5, 0.6, 0.4, 0.25, 0.4)), score=0.5, onset_latency_p50=1.0)]
+    b = [dict(zip(PARAMETERS, (0.5, 0.6, 0.3, 0.25, 0.4)), score=0.7, onset_latency_p50=None)]
+    with pytest.raises(ValueError, match='not in every sweep'):
+        mean_rows([a, b])
+    assert mean_rows([a, a])[0]['score'] == 0.5

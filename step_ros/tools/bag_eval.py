@@ -247,12 +247,11 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                           f'softmax(z / {head.temperature:.2f})': curves['ece']},
                          title=f'{args.bag.name}: pure windows')
     if args.sweep:
-        points = bag_sweep.run_sweep(out, records, configured=config.decision, task=task,
-                                     labels=head.labels, background=head.background,
-                                     window_ns=window_ns, timeline=timeline,
-                                     temperature=head.temperature,
-                                     progress=not args.no_progress)
-        report['sweep'] = dict(points=len(points), best=points[0])
+        points, chosen = bag_sweep.run_sweep(
+            out, records, configured=config.decision, task=task, labels=head.labels,
+            background=head.background, window_ns=window_ns, timeline=timeline,
+            temperature=head.temperature, progress=not args.no_progress)
+        report['sweep'] = dict(points=len(points), best=points[0], configured=chosen)
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report, at_stamp, full
 

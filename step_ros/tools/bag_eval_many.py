@@ -3,7 +3,10 @@
 Every recording runs the single-bag evaluation (bag_eval.run_bag) unchanged in a worker process
 of its own (its own engine; torch threads split between the workers) and writes its usual
 outputs to OUT/<recording>/. The parent then scores the union of all recordings' predictions
-with the same `score` and writes OUT/report.json (per recording and overall) and OUT/report.md.
+with the same `score` and writes OUT/report.json (per recording and overall) and OUT/report.md,
+with each recording's decided-stream scores and their mean over the recordings. With --sweep it
+also writes OUT/sweep.csv / sweep.md / sweep.png: every grid point's scores averaged over the
+recordings, for choosing the `decision.*` parameters on all of them at once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from step_ros.tools import bag_eval
+from step_ros.decision import DecisionConfig
+from step_ros.tools import bag_eval, bag_sweep
 
 
 def recording_names(bags: list[Path]) -> list[str]:
@@ -70,6 +74,8 @@ def run_many(args: argparse.Namespace) -> int:
     report = merge([r for r, *_ in results], [a for _, a, _, _ in results],
                    [f for _, _, f, _ in results], names=names, wall_s=wall, workers=workers)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        report['overall']['sweep'] = merge_sweeps(args.out, [r for r, *_ in results], names)
     (args.out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     (args.out / 'report.md').write_text(markdown(report))
     s = report['overall']['at_stamp']
@@ -91,7 +97,8 @@ def merge(reports: list[dict], at_stamp: list[list], full: list[list], *, names:
     bag_s = sum(r['timing']['bag_s'] for r in reports)
     recordings = [dict(name=name, bag=r['bag'], labels=r['labels'], out=name,
                        predictions=r['predictions'], unlabelled=r['unlabelled'],
-                       at_stamp=r['at_stamp'], full_window=r['full_window'], timing=r['timing'])
+                       at_stamp=r['at_stamp'], full_window=r['full_window'],
+                       stream=stream_summary(r), timing=r['timing'])
                   for name, r in zip(names, reports)]
     overall = dict(
         predictions=sum(r['predictions'] for r in reports),
@@ -100,11 +107,37 @@ def merge(reports: list[dict], at_stamp: list[list], full: list[list], *, names:
                                 symmetric=symmetric),
         full_window=bag_eval.score([x for part in full for x in part], labels=labels,
                                    symmetric=symmetric),
+        stream_mean=bag_sweep.mean_row([r['stream'] for r in recordings]),
         timing=dict(wall_s=round(wall_s, 3), bag_s=round(bag_s, 3), workers=workers,
                     realtime_factor=round(bag_s / wall_s, 2) if wall_s > 0 else None))
     return dict(topic=first['topic'], config=first['config'], task=first['task'],
                 classes=list(labels), symmetric_pairs=first['symmetric_pairs'],
                 recordings=recordings, overall=overall)
+
+
+def stream_summary(report: dict) -> dict:
+    """A recording's decided-stream scores (the sweep's columns) and its ECE."""
+    summary = bag_sweep.row(DecisionConfig(**report['decision']), report)
+    summary['ece'] = report['calibration']['ece']
+    return summary
+
+
+def merge_sweeps(out: Path, reports: list[dict], names: list[str]) -> dict:
+    """OUT/sweep.*: the recordings' sweeps averaged point by point; -> the overall block."""
+    rows = bag_sweep.mean_rows([bag_sweep.read_sweep(out / name / 'sweep.csv')
+                                for name in names])
+    chosen = bag_sweep.mean_row([r['sweep']['configured'] for r in reports])
+    bag_sweep.write_sweep(out, rows, chosen=chosen,
+                          title=f'decision sweep, {len(rows)} points, mean of {len(names)} '
+                                'recordings',
+                          note=f'Every score is the mean over {len(names)} recordings. ')
+    return dict(points=len(rows), best=rows[0], configured=chosen)
+
+
+STREAM_COLUMNS = (('score', 'score'), ('edit_score', 'edit'), ('f1_at_0.25', 'F1@0.25'),
+                  ('start_f1', 'START F1'), ('onset_latency_p50', 'latency p50 (s)'),
+                  ('false_starts_per_min_background', 'false starts / min'),
+                  ('label_changes_per_min', 'label changes / min'), ('ece', 'ECE'))
 
 
 def markdown(report: dict) -> str:
@@ -125,4 +158,17 @@ def markdown(report: dict) -> str:
                      f"{pct(s['symmetric']['accuracy'])} | "
                      f"{pct(s['non_symmetric']['accuracy'])} | {pct(s['ambiguity_rate'])} | "
                      f"{pct(f['accuracy'])} (n={f['n']}) |")
+    lines += ['', '## The decided stream (defaults of the config; mean over the recordings)', '',
+              '| recording | ' + ' | '.join(name for _, name in STREAM_COLUMNS) + ' |',
+              '|---' * (len(STREAM_COLUMNS) + 1) + '|']
+    rows = [(r['name'], r['stream']) for r in report['recordings']] + \
+        [('**mean**', o['stream_mean'])]
+    for name, st in rows:
+        lines.append(f'| {name} | ' + ' | '.join(bag_eval._num(st[key])
+                                                   for key, _ in STREAM_COLUMNS) + ' |')
+    if 'sweep' in o:
+        best = o['sweep']['best']
+        lines += ['', f"Sweep ({o['sweep']['points']} points, `sweep.md`): the best mean score "
+                  f"{best['score']} at " + ', '.join(f'{k} {best[k]:g}'
+                                                    for k in bag_sweep.PARAMETERS) + '.']
     return '\n'.join(lines) + '\n'

@@ -3,7 +3,9 @@
 The bag's raw predictions are recorded once; every point of a grid over the `decision.*`
 parameters replays them through a Decider and is scored (latency vs flicker vs event F1).
 Writes sweep.csv (every point), sweep.md (the best points and the configured one) and
-sweep.png (onset latency against label changes per minute, coloured by START F1).
+sweep.png (onset latency against label changes per minute, coloured by START F1). Over several
+recordings (`bag-eval` given several --bag), `mean_rows` averages each point's scores over the
+recordings' sweeps, so parameters are chosen on all of them at once.
 """
 
 from __future__ import annotations
@@ -57,32 +59,82 @@ def row(config: DecisionConfig, report: dict) -> dict:
     return values
 
 
+def _rank(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (-r['score'], r['onset_latency_p50'] or float('inf')))
+
+
 def run_sweep(out: Path, records: Sequence[StreamRecord], *, configured: DecisionConfig,
               task: str, labels: Sequence[str], background: str | None, window_ns: int,
-              timeline: Timeline, temperature: float, progress: bool = True) -> list[dict]:
-    """Score every grid point; write sweep.csv / sweep.md / sweep.png; -> rows, best first."""
+              timeline: Timeline, temperature: float, progress: bool = True
+              ) -> tuple[list[dict], dict]:
+    """Score every grid point; write sweep.csv / sweep.md / sweep.png; -> (rows, best first;
+    the configured parameters' row)."""
     kwargs = dict(task=task, labels=labels, background=background, window_ns=window_ns,
                   timeline=timeline, temperature=temperature)
-    rows = [row(c, replay(records, c, **kwargs))
-            for c in tqdm(grid(configured), desc='sweep', unit='point', disable=not progress)]
-    rows.sort(key=lambda r: (-r['score'], r['onset_latency_p50'] or float('inf')))
+    rows = _rank([row(c, replay(records, c, **kwargs))
+                  for c in tqdm(grid(configured), desc='sweep', unit='point',
+                                disable=not progress)])
     chosen_report = replay(records, configured, **kwargs)
     chosen = row(configured, chosen_report)
+    chosen['true_changes_per_min'] = chosen_report['stream']['true_changes_per_min']
+    write_sweep(out, rows, chosen=chosen, title=f'decision sweep, {len(rows)} points')
+    return rows, chosen
+
+
+def write_sweep(out: Path, rows: list[dict], *, chosen: dict, title: str,
+                note: str = '') -> None:
+    """sweep.csv (every row), sweep.md (the configured row, then the best 20), sweep.png."""
     with (out / 'sweep.csv').open('w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
-    true_changes = chosen_report['stream']['true_changes_per_min']
+    true_changes = chosen.get('true_changes_per_min')
     lines = [f'# Decision sweep: {len(rows)} points', '',
-             f'True label changes per minute: {true_changes}. Score = mean of START F1, '
-             'F1@0.25 and edit score / 100. The configured parameters are the first row.', '',
+             f'{note}True label changes per minute: {_cell(true_changes)}. Score = mean of '
+             'START F1, F1@0.25 and edit score / 100. The configured parameters are the first '
+             'row.', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|---' * len(COLUMNS) + '|',
              '| ' + ' | '.join(_cell(chosen[c]) for c in COLUMNS) + ' |']
     lines += ['| ' + ' | '.join(_cell(r[c]) for c in COLUMNS) + ' |' for r in rows[:20]]
     (out / 'sweep.md').write_text('\n'.join(lines) + '\n')
-    plot_sweep(out / 'sweep.png', rows, chosen=chosen, true_changes=true_changes,
-               title=f'decision sweep, {len(rows)} points')
-    return rows
+    plot_sweep(out / 'sweep.png', rows, chosen=chosen, true_changes=true_changes, title=title)
+
+
+PARAMETERS = COLUMNS[:5]  # the decision parameters of a row; the rest are its scores
+
+
+def read_sweep(path: Path) -> list[dict]:
+    """The rows of a sweep.csv, numbers as floats and empty cells as None."""
+    with path.open(newline='') as f:
+        return [{k: None if v == '' else float(v) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 4) if known else None
+
+
+def mean_row(rows: Sequence[dict]) -> dict:
+    """One point's scores averaged over recordings (a score a recording lacks is left out)."""
+    out = {k: rows[0][k] for k in PARAMETERS}
+    for key in rows[0]:
+        if key not in PARAMETERS:
+            out[key] = _mean([r.get(key) for r in rows])
+    return out
+
+
+def mean_rows(sweeps: Sequence[Sequence[dict]]) -> list[dict]:
+    """Every grid point's mean over the recordings' sweeps, best first."""
+    by_point: dict[tuple, list[dict]] = {}
+    for rows in sweeps:
+        for r in rows:
+            by_point.setdefault(tuple(r[k] for k in PARAMETERS), []).append(r)
+    missing = [p for p, rs in by_point.items() if len(rs) != len(sweeps)]
+    if missing:
+        raise ValueError(f'{len(missing)} grid points are not in every sweep, e.g. '
+                         f'{dict(zip(PARAMETERS, missing[0]))}')
+    return _rank([mean_row(rs) for rs in by_point.values()])
 
 
 def _cell(value) -> str:
