@@ -65,6 +65,8 @@ def test_demo_prints_decisions_events_and_stream_metrics():
         assert re.search(rf'demo: +{name}: accuracy \d+\.\d%, label changes \d+\.\d+ per '
                          r'minute, edit score \d+\.\d, F1@0\.1/0\.25/0\.5 ', out), out
     assert re.search(r'demo:  events: \d+ STARTs for \d+ actions: precision ', out), out
+    assert re.search(r'demo:  stamps: onset estimates (n/a|[+-]\d\.\d\d) s from the true '
+                     r'onset \(p50; p10 ', out), out
     overall = re.search(r'raw agreement overall \(full windows\): (\d+)/(\d+) = ', out)
     assert overall, out
     hits, total = map(int, overall.groups())

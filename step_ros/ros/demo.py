@@ -199,6 +199,11 @@ def stream_summary(board: Scoreboard, messages: list, event_messages: list) -> l
         f'{number(scores["start_f1"])}; onset latency p50 {number(latency["p50"])} s, p90 '
         f'{number(latency["p90"])} s; false starts on background '
         f'{number(scores["false_starts_per_min_background"])} per minute')
+    onset, offset = scores['onset_error_s'], scores['offset_error_s']
+    lines.append(f' stamps: onset estimates {number(onset["p50"], "+.2f")} s from the true onset '
+                 f'(p50; p10 {number(onset["p10"], "+.2f")}, p90 {number(onset["p90"], "+.2f")}), '
+                 f'offsets {number(offset["p50"], "+.2f")} s (p10 {number(offset["p10"], "+.2f")},'
+                 f' p90 {number(offset["p90"], "+.2f")})')
     return lines
 
 
