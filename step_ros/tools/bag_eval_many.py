@@ -158,7 +158,8 @@ def markdown(report: dict) -> str:
                      f"{pct(s['symmetric']['accuracy'])} | "
                      f"{pct(s['non_symmetric']['accuracy'])} | {pct(s['ambiguity_rate'])} | "
                      f"{pct(f['accuracy'])} (n={f['n']}) |")
-    lines += ['', '## The decided stream (defaults of the config; mean over the recordings)', '',
+    lines += ['', "## The decided stream (the config's `decision.*`; mean of the recordings)",
+              '',
               '| recording | ' + ' | '.join(name for _, name in STREAM_COLUMNS) + ' |',
               '|---' * (len(STREAM_COLUMNS) + 1) + '|']
     rows = [(r['name'], r['stream']) for r in report['recordings']] + \
