@@ -3,6 +3,8 @@
 import threading
 import time
 
+import pytest
+
 from step_ros.ros.worker import LatestSlot, Worker
 
 
@@ -79,6 +81,8 @@ def test_a_failing_error_report_does_not_end_the_worker(capfd):
     assert 'Logger severity' in capfd.readouterr().err  # reported where it cannot fail
 
 
+# The worker thread dies on purpose here; pytest would report its exception as a warning.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')
 def test_a_dead_or_stuck_worker_is_a_fault():
     release = threading.Event()
 
