@@ -50,9 +50,10 @@ def test_events_and_readme_planner(client, env, tmp_path):
     node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
     node.create_subscription(ActionEvent, '/human_action/events', events.append, EVENT_QOS)
     camera = node.create_publisher(Image, '/image', IMAGE_QOS['reliable'])
-    perception = NodeProcess(['--params-file', str(params)], env=env, log=tmp_path / 'node.log')
+    # The planner first, so that it is on the graph before the node's participant starts.
     planner = ChildProcess([sys.executable, str(planner_file)], env=env,
                            log=tmp_path / 'planner.log')
+    perception = None
     frame = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
 
     def publish(stamps: list[int]) -> None:
@@ -65,15 +66,24 @@ def test_events_and_readme_planner(client, env, tmp_path):
             assert spin_until(executor, lambda: len(actions) > count, timeout=30,
                               process=perception), (stamp, len(actions), perception.output())
 
+    def graph() -> str:
+        """What this test's node sees of the domain, for a failure message."""
+        publishers = node.get_publishers_info_by_topic('/human_action/events')
+        return (f"domain {env['ROS_DOMAIN_ID']}: nodes {node.get_node_names_and_namespaces()}; "
+                f'/human_action/events publishers {[i.node_name for i in publishers]}')
+
     try:
-        # The node up, and the planner itself on the events topic (a count of subscribers
-        # could include one of an earlier test that the graph has not forgotten yet).
-        assert spin_until(executor, lambda: camera.get_subscription_count() > 0
-                          and 'planner' in {i.node_name for i in
-                                            node.get_subscriptions_info_by_topic(
-                                                '/human_action/events')},
+        # The planner itself on the events topic (a count of subscribers could include one of
+        # an earlier test that the graph has not forgotten yet), then the node up.
+        assert spin_until(executor, lambda: 'planner' in {
+                              i.node_name for i in node.get_subscriptions_info_by_topic(
+                                  '/human_action/events')}, timeout=60, process=planner), \
+            f'planner not up:\n{planner.output()}\n{graph()}'
+        perception = NodeProcess(['--params-file', str(params)], env=env,
+                                 log=tmp_path / 'node.log')
+        assert spin_until(executor, lambda: camera.get_subscription_count() > 0,
                           timeout=180, process=perception), \
-            f'node or planner not up:\n{perception.output()}\n{planner.output()}'
+            f'node not up:\n{perception.output()}\n{graph()}'
         first = [BASE_NS + i * PERIOD_NS for i in range(T + 3)]
         publish(first)
         assert spin_until(executor, lambda: len(actions) == T + 3, timeout=30,
@@ -88,8 +98,10 @@ def test_events_and_readme_planner(client, env, tmp_path):
                           process=perception), (len(actions), perception.output())
         spin_until(executor, lambda: len(events) >= 3, timeout=5)
         spin_until(executor, lambda: planner.output().count(' at ') >= len(events), timeout=10)
+        seen = graph()
     finally:
-        perception.stop()
+        if perception is not None:
+            perception.stop()
         planner.stop()
 
     # While the window fills: one warming_up message per sampled frame, no raw result.
@@ -126,4 +138,4 @@ def test_events_and_readme_planner(client, env, tmp_path):
     # The README planner logged each event it received, in order.
     logged = re.findall(r'(START|END) (\w+) at (\d+\.\d{3})', planner.output())
     assert logged == [(e.kind.upper(), e.label, f'{seconds(e.stamp):.3f}') for e in events], \
-        planner.output()
+        f'planner log:\n{planner.output()}\n{seen}\nnode log:\n{perception.output()}'
