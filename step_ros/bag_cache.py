@@ -17,6 +17,11 @@ from step_ros.features import DataError, FeatureCache
 FRAMES_FORMAT = 'step_ros.bag_frames/1'
 WINDOWS_FORMAT = 'step_ros.bag_windows/1'
 INDEX = 'index.json'
+NEWEST_FRACTION = 3 / 8  # of the T frames: 3 of 8 frames (0.75 s) into a new segment
+# Where a head trained on a straddle rule's labels names a new segment: that fraction of its
+# window back from the newest frame (the decision stage backdates event stamps by it). 'drop'
+# keeps only windows inside one segment, which teach no switch point.
+SWITCH_FRACTION = {'drop': None, 'majority': 0.5, 'newest': NEWEST_FRACTION}
 
 
 class WindowTokens:
@@ -121,7 +126,8 @@ def _load_cache(path: Path) -> BagFeatureCache:
         targets=torch.tensor(targets), labels=labels,
         symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
         backbone=index['backbone'], num_frames=num_frames,
-        window_seconds=float(index['window_seconds']), path=str(path), window_stamps=stamps,
+        window_seconds=float(index['window_seconds']), path=str(path),
+        switch_fraction=SWITCH_FRACTION[index.get('straddle', 'drop')], window_stamps=stamps,
         window_recordings=owners, recordings=chosen)
 
 

@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from step_ros.backbone import FrozenBackbone
-from step_ros.bag_cache import FRAMES_FORMAT, INDEX, WINDOWS_FORMAT
+from step_ros.bag_cache import FRAMES_FORMAT, INDEX, NEWEST_FRACTION, WINDOWS_FORMAT
 from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
 from step_ros.checkpoint import MAX_FRAMES, validate_pairs
 from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
@@ -64,7 +64,6 @@ STRADDLE_RULES = {
               '3/8 of its T frames carry it (a new segment is named while under way), else the '
               'majority label, and is dropped when neither applies',
 }
-NEWEST_FRACTION = 3 / 8  # of the T frames: 3 of 8 frames (0.75 s) into a new segment
 
 
 @dataclass(frozen=True)

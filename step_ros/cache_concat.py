@@ -89,6 +89,12 @@ def concat_caches(caches: list[FeatureCache]) -> FeatureCache:
         if problem:
             raise ValueError(f'--cache {other.path}: {problem} (as in {first.path}); caches '
                              'trained together need the same labels, T and backbone')
+    switches = {c.switch_fraction for c in caches} - {None}
+    if len(switches) > 1:
+        rules = ', '.join(f'{c.path}: {c.switch_fraction}' for c in caches
+                          if c.switch_fraction is not None)
+        raise ValueError(f'the caches label straddling windows by different rules (switch '
+                         f'fractions {rules}); extract them with one --straddle rule')
     common = [name for name in first.tasks or {} if all(name in (c.tasks or {}) for c in caches)]
     tasks = {name: [v for c in caches for v in c.tasks[name]] for name in common}
     windows = np.repeat([c.window_seconds for c in caches], [len(c.tokens) for c in caches])
@@ -96,4 +102,5 @@ def concat_caches(caches: list[FeatureCache]) -> FeatureCache:
                         targets=torch.cat([c.targets for c in caches]), labels=first.labels,
                         symmetric_pairs=first.symmetric_pairs, backbone=first.backbone,
                         num_frames=first.num_frames, window_seconds=float(np.median(windows)),
-                        path=' + '.join(c.path for c in caches), tasks=tasks)
+                        path=' + '.join(c.path for c in caches), tasks=tasks,
+                        switch_fraction=switches.pop() if switches else None)

@@ -44,6 +44,10 @@ class HeadMeta:
     training: dict = field(default_factory=dict)  # free-form: data, epochs, accuracy, seed
     temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature)
     background: str | None = None  # the 'nothing is happening' label, if the head has one
+    # Where the head names a new segment: this fraction of its window back from the newest
+    # frame (0.5: the window's middle, as majority labels teach; `extract --straddle newest`
+    # labels teach 3/8). The decision stage backdates event stamps by it.
+    switch_fraction: float = 0.5
 
     @property
     def feature_dim(self) -> int:
@@ -59,7 +63,8 @@ class HeadMeta:
             symmetric_pairs=[list(p) for p in self.symmetric_pairs], head=self.head.to_dict(),
             num_frames=self.num_frames, feature_dim=self.feature_dim,
             backbone=self.backbone, window_seconds=self.window_seconds, training=self.training,
-            temperature=self.temperature, background=self.background))
+            temperature=self.temperature, background=self.background,
+            switch_fraction=self.switch_fraction))
 
     @classmethod
     def from_json(cls, text: str) -> HeadMeta:
@@ -115,8 +120,8 @@ class HeadMeta:
 
 
 def _calibration(values: dict, labels: tuple[str, ...]) -> dict:
-    """temperature and background; heads written before they existed get 1.0 and 'none'
-    (when that is one of their labels)."""
+    """temperature, background and switch_fraction; heads written before they existed get 1.0,
+    'none' (when that is one of their labels) and 0.5."""
     temperature = values.get('temperature', 1.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
             not math.isfinite(temperature) or not temperature > 0:
@@ -124,7 +129,12 @@ def _calibration(values: dict, labels: tuple[str, ...]) -> dict:
     background = values.get('background', 'none' if 'none' in labels else None)
     if background is not None and background not in labels:
         raise ValueError(f'background={_r(background)} is not one of the labels {list(labels)}')
-    return dict(temperature=float(temperature), background=background)
+    switch = values.get('switch_fraction', 0.5)
+    if isinstance(switch, bool) or not isinstance(switch, (int, float)) or \
+            not 0.0 < switch <= 1.0:
+        raise ValueError(f'switch_fraction={_r(switch)}: must be a number in (0, 1]')
+    return dict(temperature=float(temperature), background=background,
+                switch_fraction=float(switch))
 
 
 def validate_pairs(labels: tuple[str, ...], pairs) -> tuple[tuple[str, str], ...]:

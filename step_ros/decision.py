@@ -14,13 +14,13 @@ what a planner can act on:
   prediction flagged ambiguous (symmetric pair), is UNCERTAIN and starts nothing;
 - background: the background label (e.g. `none`) never starts an action; when it wins, IDLE.
 
-Event stamps are backdated by the latency the window and the smoothing imply. A head names the
-segment at its window's middle (what the training labels of `extract --straddle majority` ask of
-it, and what the raw stream's half-window backdating in the metrics assumes), so its top-1
-switches about half a window after a change. The EMA's step response then needs
-`smoothing_seconds * ln(1 / (1 - enter_threshold))` to rise to `enter_threshold` (START) and
-`smoothing_seconds * ln(1 / exit_threshold)` for the ending action's probability to fall to
-`exit_threshold` (END).
+Event stamps are backdated by the latency the window and the smoothing imply. A head names a
+new segment `switch_fraction` of its window back from the newest frame, as its training labels
+taught it (its checkpoint says: 0.5, the window's middle, for `extract --straddle majority`;
+3/8 for `--straddle newest`), so its top-1 switches that long after a change. The EMA's step
+response then needs `smoothing_seconds * ln(1 / (1 - enter_threshold))` to rise to
+`enter_threshold` (START) and `smoothing_seconds * ln(1 / exit_threshold)` for the ending
+action's probability to fall to `exit_threshold` (END).
 
 ROS-free and numpy only: the node, `bag-eval` and the demo decide with this same code.
 """
@@ -103,7 +103,7 @@ class Decider:
     """The decision state of one task on one camera; call `update` once per raw prediction."""
 
     def __init__(self, *, task: str, labels: Sequence[str], background: str | None,
-                 config: DecisionConfig, window_ns: int) -> None:
+                 config: DecisionConfig, window_ns: int, switch_fraction: float = 0.5) -> None:
         config.validate()
         self.labels = tuple(labels)
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
@@ -112,11 +112,14 @@ class Decider:
             raise ValueError(f'background={background!r}: not one of {list(self.labels)}')
         if window_ns < 0:
             raise ValueError(f'window_ns={window_ns}: must be >= 0')
+        if not 0.0 < switch_fraction <= 1.0:
+            raise ValueError(f'switch_fraction={switch_fraction}: must be in (0, 1]')
         self.task = task
         self.background = background
         self.background_id = None if background is None else self.labels.index(background)
         self.config = config
         self.window_ns = int(window_ns)
+        self.switch_ns = switch_fraction * self.window_ns
         self.tau_ns = config.smoothing_seconds * 1e9
         self._clear()
 
@@ -128,10 +131,10 @@ class Decider:
         return self._lag_ns(self.config.exit_threshold)
 
     def _lag_ns(self, remaining: float) -> int:
-        """Half a window, then the EMA's step response until only `remaining` is left."""
+        """The head's switch point, then the EMA's step response until `remaining` is left."""
         # enter_threshold = 1 or exit_threshold = 0 is never crossed by an EMA: no event to date.
         ema = self.tau_ns * math.log(1.0 / max(remaining, 1e-6))
-        return int(round(self.window_ns / 2 + ema))
+        return int(round(self.switch_ns + ema))
 
     def _clear(self) -> None:
         self.smoothed: np.ndarray | None = None

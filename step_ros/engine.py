@@ -173,6 +173,7 @@ class Head:
         self.pairs = meta.symmetric_pairs if pairs is None else pairs
         self.temperature = meta.temperature
         self.background = meta.background
+        self.switch_fraction = meta.switch_fraction
         self.counterpart: dict[str, str] = {}
         for a, b in self.pairs:
             self.counterpart[a] = b

@@ -480,6 +480,10 @@ class FeatureCache:
     window_seconds: float  # median node window of the clips (see read_frames)
     path: str
     tasks: dict[str, list[str]] | None = None  # further tasks: name -> label of every clip
+    # Windows that straddle segments: where their labels switch to the new segment, as a
+    # fraction of the window back from the newest frame (bag_cache.SWITCH_FRACTION); None
+    # when every window lies inside one segment (clips, `--straddle drop`).
+    switch_fraction: float | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureCache:

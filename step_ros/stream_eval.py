@@ -168,10 +168,11 @@ def stream_report(records: Sequence[StreamRecord], decisions: Sequence[Decision]
 
 def replay(records: Sequence[StreamRecord], config: DecisionConfig, *, task: str,
            labels: Sequence[str], background: str | None, window_ns: int, timeline: Timeline,
-           temperature: float) -> dict:
-    """Decide the records under `config` and score them."""
+           temperature: float, switch_fraction: float = 0.5) -> dict:
+    """Decide the records under `config` (for a head switching at `switch_fraction` of its
+    window) and score them."""
     decider = Decider(task=task, labels=labels, background=background, config=config,
-                      window_ns=window_ns)
+                      window_ns=window_ns, switch_fraction=switch_fraction)
     decisions, events = decide(records, decider=decider)
     return stream_report(records, decisions, events, timeline=timeline, labels=labels,
                          background=background, window_ns=window_ns, temperature=temperature)

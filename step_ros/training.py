@@ -310,7 +310,8 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
                         head=head.config, num_frames=cache.num_frames, backbone=cache.backbone,
                         window_seconds=float(window), training=training,
                         temperature=float((temperatures or {}).get(head.name, 1.0)),
-                        background=background if background in labels else None)
+                        background=background if background in labels else None,
+                        switch_fraction=cache.switch_fraction or 0.5)
         paths.append(save_head(out / f'{head.name}.safetensors', head.module, meta))
     resolved = dict(train=asdict(config), task=task, window_seconds=window, cache=cache.path,
                     tasks={h.name: h.task or task for h in trained},

@@ -250,3 +250,35 @@ def test_the_params_files_image_size_limit_applies_as_in_the_node(setup, tmp_pat
                           'cpu', '--no-progress']) == 2
     line = one_error_line(capsys)
     assert 'no decodable image (60 messages' in line and 'max_image_pixels=5000' in line, line
+
+
+def test_events_are_backdated_by_the_heads_own_switch_point(setup, tmp_path, monkeypatch):
+    """A head trained on `--straddle newest` labels switches 3/8 of its window back, and its
+    checkpoint says so: bag-eval's Decider (and the sweep's) must date events by that."""
+    import dataclasses
+
+    from step_ros.checkpoint import load_head, save_head
+    from step_ros.decision import Decider
+
+    _, _, _, params = setup
+    module, meta = load_head(load_params_file(params)['heads.checkpoints'][0])
+    head = save_head(tmp_path / 'newest.safetensors', module,
+                     dataclasses.replace(meta, switch_fraction=3 / 8))
+    values = yaml.safe_load(params.read_text())
+    values['/**']['ros__parameters']['heads']['checkpoints'] = [str(head)]
+    newest = tmp_path / 'params.yaml'
+    newest.write_text(yaml.safe_dump(values))
+    made = []
+
+    class Recording(Decider):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            made.append(self.switch_ns)
+
+    monkeypatch.setattr(bag_eval, 'Decider', Recording)
+    monkeypatch.setattr('step_ros.stream_eval.Decider', Recording)
+    tmp, bag, timeline, _ = setup
+    assert bag_eval.main(['--bag', str(bag), '--topic', TOPIC, '--labels', str(timeline),
+                          '--config', str(newest), '--out', str(tmp_path / 'out'), '--device',
+                          'cpu', '--no-progress', '--sweep']) == 0
+    assert len(made) > 2 and set(made) == {3 / 8 * 1e9}, set(made)  # window_seconds = 1.0

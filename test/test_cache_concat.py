@@ -1,7 +1,9 @@
 """`train --cache A --cache B`: a clip cache and a bag cache trained on as one, in order, with
 one clear error when they do not share labels, T or backbone; one --cache is unchanged."""
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -100,6 +102,35 @@ def test_train_on_a_clip_cache_and_a_bag_cache(caches, capsys):
     assert len(log) == 1 and 0.0 <= log[0]['train_acc'] <= 1.0
     trained_on = read_meta(run / 'step.safetensors').training['clips']
     assert trained_on == len(clips.tokens) + len(bag.tokens) and len(bag.tokens) > 0
+
+
+def test_the_head_records_where_its_straddle_rule_switches_labels(caches, capsys):
+    """Clips teach no switch point; --straddle majority windows the window's middle (0.5),
+    --straddle newest 3/8: the checkpoint keeps it for the decision stage's stamps."""
+    newest = caches / 'bag_cache_newest'
+    shutil.copytree(caches / 'bag_cache', newest)
+    assert extract.main(['--bag', str(caches / 'rec'), '--topic', '/camera/image_raw',
+                         '--config', str(caches / 'params.yaml'), '--out', str(newest),
+                         '--stride', '2', '--straddle', 'newest']) == 0  # relabels only
+    assert FeatureCache.load(caches / 'clip_cache').switch_fraction is None
+    assert FeatureCache.load(caches / 'bag_cache').switch_fraction == 0.5
+    assert FeatureCache.load(newest).switch_fraction == 3 / 8
+    run = caches / 'run_newest'
+    assert train.main(['--cache', str(caches / 'clip_cache'), '--cache', str(newest),
+                       '--head', 'step', '--epochs', '1', '--out', str(run)]) == 0, \
+        capsys.readouterr().err
+    assert read_meta(run / 'step.safetensors').switch_fraction == 3 / 8
+    capsys.readouterr()
+    code = train.main(['--cache', str(caches / 'bag_cache'), '--cache', str(newest), '--head',
+                       'step', '--epochs', '1', '--out', str(caches / 'mixed')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and '\n' not in err and 'different rules' in err, err
+    majority = concat_caches([FeatureCache.load(caches / 'clip_cache'),
+                              FeatureCache.load(caches / 'bag_cache')])
+    assert majority.switch_fraction == 0.5
+    meta = read_meta(run / 'step.safetensors')
+    with pytest.raises(ValueError, match='switch_fraction=0.0'):
+        type(meta).from_json(dataclasses.replace(meta, switch_fraction=0.0).to_json())
 
 
 def test_train_refuses_caches_of_another_t_in_one_line(caches, capsys):

@@ -55,6 +55,10 @@ def test_bad_background_and_probs_are_rejected():
     with pytest.raises(ValueError, match="background='idle'"):
         Decider(task='a', labels=LABELS, background='idle', config=DecisionConfig(),
                 window_ns=W)
+    for switch in (0.0, 1.5, float('nan')):
+        with pytest.raises(ValueError, match=f'switch_fraction={switch}'):
+            Decider(task='a', labels=LABELS, background='none', config=DecisionConfig(),
+                    window_ns=W, switch_fraction=switch)
     d = decider()
     with pytest.raises(ValueError, match='3 finite'):
         d.update(probs=np.ones(2) / 2, stamp_ns=0, window_start_ns=0, ambiguous=False)
@@ -206,20 +210,24 @@ def test_events_alternate_and_never_overlap_on_a_noisy_stream():
     assert all(e.stamp_ns <= e.decided_ns for e in events)
 
 
+@pytest.mark.parametrize('switch', [0.5, 3 / 8])
 @pytest.mark.parametrize('enter,exit_', [(0.6, 0.4), (0.8, 0.2), (0.5, 0.5)])
-def test_events_are_dated_at_the_truth_for_a_head_naming_its_window_middle(enter, exit_):
-    """The head `extract --straddle majority` trains: the label at the window's middle."""
+def test_events_are_dated_at_the_truth_for_a_head_naming_its_switch_point(enter, exit_, switch):
+    """A head names the label `switch` of its window back from the newest frame: the window's
+    middle for `extract --straddle majority` labels, 3/8 for `--straddle newest`."""
     step = SEC // 40
-    d = decider(smoothing_seconds=0.5, enter_threshold=enter, exit_threshold=exit_,
-                min_dwell_seconds=0.25)
+    d = Decider(task='action', labels=LABELS, background='none', window_ns=W,
+                switch_fraction=switch,
+                config=DecisionConfig(smoothing_seconds=0.5, enter_threshold=enter,
+                                      exit_threshold=exit_, min_dwell_seconds=0.25))
     onset, offset = 10 * SEC + 7 * step // 3, 14 * SEC + 7 * step // 3
     events = []
     for t in range(0, 20 * SEC, step):
-        middle = t - W // 2
+        middle = t - round(W * switch)
         events += d.update(probs=one_hot(1 if onset <= middle < offset else 0, 1.0), stamp_ns=t,
                            window_start_ns=t - W, ambiguous=False).events
     assert [(e.kind, e.label) for e in events] == [('start', 'pick_up'), ('end', 'pick_up')]
     # Dated within two predictions of the truth, however late they were decided.
     assert abs(events[0].stamp_ns - onset) <= 2 * step
     assert abs(events[1].stamp_ns - offset) <= 2 * step
-    assert events[0].decided_ns - onset > W // 2 + SEC // 4
+    assert events[0].decided_ns - onset > W * switch + SEC // 4

@@ -227,7 +227,8 @@ class PerceptionNode(LifecycleNode):
             camera.deciders[head.task] = Decider(
                 task=head.task, labels=head.labels, background=head.background,
                 config=self.config.decision,
-                window_ns=round(self.config.engine.window_seconds * 1e9))
+                window_ns=round(self.config.engine.window_seconds * 1e9),
+                switch_fraction=head.switch_fraction)
             # A plain publisher, published once here: the label list describes the loaded model
             # (configure to cleanup), not the activity, and transient-local keeps it for late
             # subscribers. A lifecycle publisher would republish it on every activation.

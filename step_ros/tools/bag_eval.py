@@ -202,7 +202,8 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                        'sampled frames)')
     window_ns = int(round(config.engine.window_seconds * 1e9))
     decider = Decider(task=task, labels=head.labels, background=head.background,
-                      config=config.decision, window_ns=window_ns)
+                      config=config.decision, window_ns=window_ns,
+                      switch_fraction=head.switch_fraction)
     decisions, events = decide(records, decider=decider)
     for r, d in zip(rows, decisions):
         r += [d.state.value, d.stable_label, f'{d.stable_confidence:.6f}',
@@ -250,7 +251,8 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
         points, chosen = bag_sweep.run_sweep(
             out, records, configured=config.decision, task=task, labels=head.labels,
             background=head.background, window_ns=window_ns, timeline=timeline,
-            temperature=head.temperature, progress=not args.no_progress)
+            temperature=head.temperature, switch_fraction=head.switch_fraction,
+            progress=not args.no_progress)
         report['sweep'] = dict(points=len(points), best=points[0], configured=chosen)
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report, at_stamp, full
