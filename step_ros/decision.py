@@ -41,9 +41,9 @@ END = 'end'
 @dataclass(frozen=True)
 class DecisionConfig:
     smoothing_seconds: float = 0.5  # EMA time constant over header time (0 = off)
-    enter_threshold: float = 0.6  # smoothed prob a label needs to become a candidate
-    exit_threshold: float = 0.4  # active label ends when its smoothed prob drops below
-    min_dwell_seconds: float = 0.25  # a candidate must hold this long before START
+    enter_threshold: float = 0.5  # smoothed prob a label needs to become a candidate
+    exit_threshold: float = 0.2  # active label ends when its smoothed prob drops below
+    min_dwell_seconds: float = 0.125  # a candidate must hold this long before START
     min_confidence: float = 0.4  # below this (raw or smoothed top-1) the state is 'uncertain'
 
     def validate(self) -> DecisionConfig:

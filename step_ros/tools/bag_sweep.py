@@ -26,7 +26,7 @@ from step_ros.timeline import Timeline
 SMOOTHING = (0.0, 0.25, 0.5, 1.0)
 ENTER = (0.5, 0.6, 0.7, 0.8)
 EXIT_BELOW_ENTER = (0.1, 0.3)  # exit_threshold = enter_threshold - this
-DWELL = (0.0, 0.25, 0.5)
+DWELL = (0.0, 0.125, 0.25, 0.5)
 MIN_CONFIDENCE = (0.0, 0.4)
 COLUMNS = ('smoothing_seconds', 'enter_threshold', 'exit_threshold', 'min_dwell_seconds',
            'min_confidence', 'score', 'edit_score', 'f1_at_0.25', 'start_f1',
