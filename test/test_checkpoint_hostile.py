@@ -108,6 +108,10 @@ METADATA_CASES = [
     ('temperature_string', dict(temperature='2'), ["temperature='2'"]),
     ('temperature_nan', dict(temperature=math.nan), ['temperature=nan']),
     ('background_missing', dict(background='idle'), ["background='idle'"]),
+    ('switch_fraction_string', dict(switch_fraction='0.5'), ["switch_fraction='0.5'"]),
+    ('switch_fraction_nan', dict(switch_fraction=math.nan), ['switch_fraction=nan']),
+    ('switch_fraction_above_one', dict(switch_fraction=2.0), ['switch_fraction=2.0']),
+    ('switch_fraction_zero', dict(switch_fraction=0), ['switch_fraction=0']),
     ('format', dict(format='other/1'), ["format 'other/1'"]),
     ('no_task', dict(task=_DROP), ["missing fields ['task']"]),
 ]
