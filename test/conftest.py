@@ -5,7 +5,7 @@ import logging
 import pytest
 from node_helpers import ros_client, ros_env
 
-import step_ros.runtime  # noqa: F401  (creates the 'step_ros.runtime' logger before `launch` can)
+import step_ros.stream.runtime  # noqa: F401  (creates the 'step_ros.stream.runtime' logger before `launch` can)
 
 
 @pytest.fixture(autouse=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from step_ros.backbone import BackboneInfo, FrozenBackbone
-from step_ros.checkpoint import HeadMeta, save_head
-from step_ros.heads import PRESETS, build_head
+from step_ros.model.backbone import BackboneInfo, FrozenBackbone
+from step_ros.model.checkpoint import HeadMeta, save_head
+from step_ros.model.heads import PRESETS, build_head
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(__file__).parents[1].parent / 'shared' / 'testdata'

@@ -8,14 +8,14 @@ import pytest
 import torch
 from node_helpers import make_head, write_params
 
-from step_ros import bag_dataset
-from step_ros.bag_dataset import label_windows, window_starts
-from step_ros.bags import BagWriter, iter_frames
-from step_ros.config import PerceptionConfig, load_params_file
-from step_ros.features import FeatureCache
-from step_ros.runtime import build_engine
-from step_ros.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, ActionStream
-from step_ros.timeline import Segment, Timeline, write_timeline
+from step_ros.data import bag_dataset
+from step_ros.data.bag_dataset import label_windows, window_starts
+from step_ros.data.bags import BagWriter, iter_frames
+from step_ros.data.caches import load_cache
+from step_ros.data.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, ActionStream
+from step_ros.data.timeline import Segment, Timeline, write_timeline
+from step_ros.stream.config import PerceptionConfig, load_params_file
+from step_ros.stream.runtime import build_engine
 from step_ros.tools import evaluate, extract, train
 from step_ros.tools.synth_bag import START_NS, write_synth_bag
 
@@ -133,11 +133,11 @@ def test_straddle_rule_relabels_a_finished_cache_without_encoding(setup, tmp_pat
     _, bag, params = setup
     out = tmp_path / 'cache'
     assert run_extract([bag], params, out) == 0
-    dropped = FeatureCache.load(out / 'train')
+    dropped = load_cache(out / 'train')
     shards = {p: p.stat().st_mtime_ns for p in out.glob('frames_*.safetensors')}
     assert run_extract([bag], params, out, '--straddle', 'majority') == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob('frames_*.safetensors')} == shards
-    majority = FeatureCache.load(out / 'train')
+    majority = load_cache(out / 'train')
     assert len(majority.tokens) > len(dropped.tokens)
     kept = dict(zip(majority.window_stamps, majority.targets.tolist()))
     for stamps, target in zip(dropped.window_stamps, dropped.targets.tolist()):
@@ -155,7 +155,7 @@ def test_extract_bag_equals_live_engine(setup, capsys):
     in the cache."""
     tmp, bag, params = setup
     assert run_extract([bag], params, tmp / 'cache') == 0, capsys.readouterr().err
-    cache = FeatureCache.load(tmp / 'cache' / 'train')
+    cache = load_cache(tmp / 'cache' / 'train')
 
     engine = build_engine(PerceptionConfig.from_params(load_params_file(params)))
     live = {}
@@ -204,8 +204,8 @@ def test_split_by_recording_and_train_eval_read_it(tmp_path, setup, capsys):
     code = run_extract(bags, params, out, '--split', 'train', '--split', 'train', '--split',
                        'val', '--stride', '2')
     assert code == 0, capsys.readouterr().err
-    train_cache, val_cache = FeatureCache.load(out / 'train'), FeatureCache.load(out / 'val')
-    everything = FeatureCache.load(out)
+    train_cache, val_cache = load_cache(out / 'train'), load_cache(out / 'val')
+    everything = load_cache(out)
     assert [r['bag'] for r in train_cache.recordings] == [str(b) for b in bags[:2]]
     assert [r['bag'] for r in val_cache.recordings] == [str(bags[2])]
     assert set(train_cache.window_recordings) == {0, 1} and set(val_cache.window_recordings) == {2}
@@ -240,7 +240,7 @@ def test_interrupted_extract_resumes_to_the_same_cache(tmp_path, setup, monkeypa
     assert len(index['recordings'][0]['shards']) == 2 and not index['recordings'][0]['done']
     monkeypatch.setattr(bag_dataset, 'encode', real)
     assert run_extract([bag], params, tmp_path / 'part', '--shard-size', '4') == 0
-    whole, part = (FeatureCache.load(tmp_path / name / 'train') for name in ('whole', 'part'))
+    whole, part = (load_cache(tmp_path / name / 'train') for name in ('whole', 'part'))
     assert part.window_stamps == whole.window_stamps
     assert torch.equal(part.tokens.frames, whole.tokens.frames)
     assert torch.equal(part.targets, whole.targets)
@@ -290,7 +290,7 @@ def test_relative_timeline_counts_from_the_first_frame(tmp_path, setup):
                                   ).segments])
     assert run_extract([bag], params, tmp_path / 'abs') == 0
     assert run_extract([bag], params, tmp_path / 'rel', '--labels', str(rel), '--relative') == 0
-    a, r = (FeatureCache.load(tmp_path / n) for n in ('abs', 'rel'))
+    a, r = (load_cache(tmp_path / n) for n in ('abs', 'rel'))
     assert a.window_stamps == r.window_stamps and torch.equal(a.targets, r.targets)
 
 
@@ -335,5 +335,5 @@ def test_one_process_finishes_what_torchrun_ranks_left(setup, tmp_path, monkeypa
     assert calls == [4]  # shard 2 only
     assert not list(part.glob('*.done.json'))  # folded into the index
     assert json.loads((part / 'index.json').read_text()) == index
-    a, b = (FeatureCache.load(d / 'train') for d in (whole, part))
+    a, b = (load_cache(d / 'train') for d in (whole, part))
     assert a.window_stamps == b.window_stamps and torch.equal(a.tokens.frames, b.tokens.frames)

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from node_helpers import REPO, make_head, write_params
 
-from step_ros.bags import BagWriter, iter_frames, list_topics
-from step_ros.config import load_params_file
-from step_ros.engine import Prediction
-from step_ros.synth import LABELS, SYMMETRIC_PAIRS
-from step_ros.timeline import load_timeline
-from step_ros.tools import bag_eval
+from step_ros.data.bags import BagWriter, iter_frames, list_topics
+from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS
+from step_ros.data.timeline import load_timeline
+from step_ros.stream.config import load_params_file
+from step_ros.stream.engine import Prediction
+from step_ros.tools import bag_eval, bag_score
 from step_ros.tools.synth_bag import START_NS, write_synth_bag
 
 TOPIC = '/camera/image_raw'
@@ -26,7 +26,7 @@ def test_score_counts():
     records = [('pick_up', 'pick_up', False), ('pick_up', 'put_down', True),
                ('put_down', 'put_down', True), ('wave', 'wave', False),
                ('wave', 'pick_up', False)]
-    s = bag_eval.score(records, labels=labels, symmetric={'pick_up', 'put_down'})
+    s = bag_score.score(records, labels=labels, symmetric={'pick_up', 'put_down'})
     assert (s['n'], s['accuracy']) == (5, 0.6)
     assert s['symmetric'] == dict(n=3, accuracy=round(2 / 3, 6))
     assert s['non_symmetric'] == dict(n=2, accuracy=0.5)
@@ -35,7 +35,7 @@ def test_score_counts():
     assert s['confusion']['matrix'] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
     assert s['per_class']['pick_up'] == dict(n=2, accuracy=0.5, most_confused='put_down')
     assert s['per_class']['put_down']['most_confused'] == ''
-    assert bag_eval.score([], labels=labels, symmetric=set())['accuracy'] is None
+    assert bag_score.score([], labels=labels, symmetric=set())['accuracy'] is None
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +95,7 @@ def test_end_to_end(setup, capsys):
     # The output bag holds the images and one HumanAction per prediction, at its stamp.
     topics = {t.name: t.count for t in list_topics(out / 'bag')}
     assert topics == {TOPIC: 60, '/human_action': 21}
-    from step_ros.bags import open_bag
+    from step_ros.data.bags import open_bag
     with open_bag(out / 'bag') as reader:
         actions = [(reader.deserialize(raw, c.msgtype), t) for c, t, raw in reader.messages()
                    if c.topic == '/human_action']
@@ -257,8 +257,8 @@ def test_events_are_backdated_by_the_heads_own_switch_point(setup, tmp_path, mon
     checkpoint says so: bag-eval's Decider (and the sweep's) must date events by that."""
     import dataclasses
 
-    from step_ros.checkpoint import load_head, save_head
-    from step_ros.decision import Decider
+    from step_ros.model.checkpoint import load_head, save_head
+    from step_ros.stream.decision import Decider
 
     _, _, _, params = setup
     module, meta = load_head(load_params_file(params)['heads.checkpoints'][0])
@@ -276,7 +276,7 @@ def test_events_are_backdated_by_the_heads_own_switch_point(setup, tmp_path, mon
             made.append(self.switch_ns)
 
     monkeypatch.setattr(bag_eval, 'Decider', Recording)
-    monkeypatch.setattr('step_ros.stream_eval.Decider', Recording)
+    monkeypatch.setattr('step_ros.evaluate.stream_eval.Decider', Recording)
     tmp, bag, timeline, _ = setup
     assert bag_eval.main(['--bag', str(bag), '--topic', TOPIC, '--labels', str(timeline),
                           '--config', str(newest), '--out', str(tmp_path / 'out'), '--device',

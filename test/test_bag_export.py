@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from node_helpers import make_head, write_params
 
-from step_ros.bags import BagWriter
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS
-from step_ros.timeline import load_timeline, write_timeline
+from step_ros.data.bags import BagWriter
+from step_ros.data.synth import ACTIONS, SYMMETRIC_PAIRS
+from step_ros.data.timeline import load_timeline, write_timeline
 from step_ros.tools import bag_eval, bag_export
 
 TOPIC = '/camera/image_raw'

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Writer
 
-from step_ros import bags
-from step_ros.bags import BagError, BagWriter, ReadStats, iter_frames, list_topics
-from step_ros.engine import Prediction
-from step_ros.synth import LABELS
-from step_ros.timeline import load_timeline
+from step_ros.data import bags
+from step_ros.data.bags import BagError, BagWriter, ReadStats, iter_frames, list_topics
+from step_ros.data.synth import LABELS
+from step_ros.data.timeline import load_timeline
+from step_ros.stream.engine import Prediction
 from step_ros.tools import synth
 
 REAL = Path(__file__).parents[1].parent / 'shared' / 'testdata' / 'real_bags'

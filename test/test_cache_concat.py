@@ -9,11 +9,12 @@ import pytest
 import torch
 from node_helpers import make_head, write_params
 
-from step_ros.bag_cache import WindowTokens
-from step_ros.cache_concat import concat_caches
-from step_ros.checkpoint import read_meta
-from step_ros.features import FeatureCache
-from step_ros.synth import ACTIONS, SYMMETRIC_PAIRS
+from step_ros.data.bag_cache import WindowTokens
+from step_ros.data.cache_concat import concat_caches
+from step_ros.data.caches import load_cache
+from step_ros.data.features import FeatureCache
+from step_ros.data.synth import ACTIONS, SYMMETRIC_PAIRS
+from step_ros.model.checkpoint import read_meta
 from step_ros.tools import extract, synth, train
 from step_ros.tools.synth_bag import write_synth_bag
 
@@ -91,7 +92,7 @@ def caches(tmp_path_factory):
 
 
 def test_train_on_a_clip_cache_and_a_bag_cache(caches, capsys):
-    bag, clips = FeatureCache.load(caches / 'bag_cache'), FeatureCache.load(caches / 'clip_cache')
+    bag, clips = load_cache(caches / 'bag_cache'), load_cache(caches / 'clip_cache')
     run = caches / 'run'
     assert train.main(['--cache', str(caches / 'clip_cache'), '--cache',
                        str(caches / 'bag_cache'), '--head', 'step', '--epochs', '1',
@@ -112,9 +113,9 @@ def test_the_head_records_where_its_straddle_rule_switches_labels(caches, capsys
     assert extract.main(['--bag', str(caches / 'rec'), '--topic', '/camera/image_raw',
                          '--config', str(caches / 'params.yaml'), '--out', str(newest),
                          '--stride', '2', '--straddle', 'newest']) == 0  # relabels only
-    assert FeatureCache.load(caches / 'clip_cache').switch_fraction is None
-    assert FeatureCache.load(caches / 'bag_cache').switch_fraction == 0.5
-    assert FeatureCache.load(newest).switch_fraction == 3 / 8
+    assert load_cache(caches / 'clip_cache').switch_fraction is None
+    assert load_cache(caches / 'bag_cache').switch_fraction == 0.5
+    assert load_cache(newest).switch_fraction == 3 / 8
     run = caches / 'run_newest'
     assert train.main(['--cache', str(caches / 'clip_cache'), '--cache', str(newest),
                        '--head', 'step', '--epochs', '1', '--out', str(run)]) == 0, \
@@ -125,8 +126,8 @@ def test_the_head_records_where_its_straddle_rule_switches_labels(caches, capsys
                        'step', '--epochs', '1', '--out', str(caches / 'mixed')])
     err = capsys.readouterr().err.strip()
     assert code == 2 and '\n' not in err and 'different rules' in err, err
-    majority = concat_caches([FeatureCache.load(caches / 'clip_cache'),
-                              FeatureCache.load(caches / 'bag_cache')])
+    majority = concat_caches([load_cache(caches / 'clip_cache'),
+                              load_cache(caches / 'bag_cache')])
     assert majority.switch_fraction == 0.5
     meta = read_meta(run / 'step.safetensors')
     with pytest.raises(ValueError, match='switch_fraction=0.0'):

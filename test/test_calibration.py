@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from step_ros.calibration import ece, fit_temperature, nll, plot_reliability, reliability, softmax
+from step_ros.stream.calibration import (
+    ece,
+    fit_temperature,
+    nll,
+    plot_reliability,
+    reliability,
+    softmax,
+)
 
 
 def test_ece_by_hand():

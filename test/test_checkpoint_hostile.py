@@ -16,7 +16,7 @@ import torch
 from node_helpers import LABELS, PAIRS, make_head, tiny_info
 from safetensors.torch import save_file
 
-from step_ros.checkpoint import (
+from step_ros.model.checkpoint import (
     METADATA_KEY,
     CheckpointError,
     HeadMeta,
@@ -25,7 +25,7 @@ from step_ros.checkpoint import (
     save_head,
     validate_pairs,
 )
-from step_ros.heads import PRESETS, build_head
+from step_ros.model.heads import PRESETS, build_head
 
 T = 4
 

@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 from node_helpers import REPO
 
-from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, PerceptionConfig, load_params_file
+from step_ros.stream.config import (
+    DEFAULTS,
+    PARAMETERS,
+    ConfigError,
+    PerceptionConfig,
+    load_params_file,
+)
 
 
 def test_perception_yaml_equals_the_node_defaults():
@@ -123,16 +129,16 @@ def test_a_window_unlike_the_heads_training_window_is_warned_about(tmp_path, cap
 
     from node_helpers import make_head
 
-    from step_ros.runtime import build_engine
+    from step_ros.stream.runtime import build_engine
 
     head = make_head(tmp_path / 'h.safetensors', num_frames=4)  # trained on 2.0 s windows
     config = PerceptionConfig.from_params({
         'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
         'precision': 'fp32', 'heads.checkpoints': [str(head)], 'num_frames': 4,
         'window_seconds': window})
-    with caplog.at_level(logging.WARNING, logger='step_ros.runtime'):
+    with caplog.at_level(logging.WARNING, logger='step_ros.stream.runtime'):
         build_engine(config)
-    messages = [r.getMessage() for r in caplog.records if r.name == 'step_ros.runtime']
+    messages = [r.getMessage() for r in caplog.records if r.name == 'step_ros.stream.runtime']
     assert bool(messages) == warned, messages
     if warned:
         assert 'window_seconds=1.0' in messages[0] and '2 s windows' in messages[0], messages
@@ -149,7 +155,7 @@ def test_a_symmetric_pair_naming_no_label_is_refused(tmp_path):
     """Audit D11: such an override used to empty the head's pairs and flag nothing."""
     from node_helpers import make_head
 
-    from step_ros.runtime import build_engine
+    from step_ros.stream.runtime import build_engine
 
     head = make_head(tmp_path / 'h.safetensors', num_frames=4)
     config = PerceptionConfig.from_params({
@@ -168,7 +174,7 @@ def test_an_override_leaving_a_head_without_pairs_is_warned_about(tmp_path, capl
 
     from node_helpers import make_head
 
-    from step_ros.runtime import build_engine
+    from step_ros.stream.runtime import build_engine
 
     action = make_head(tmp_path / 'a.safetensors', num_frames=4)
     objects = make_head(tmp_path / 'o.safetensors', num_frames=4, task='object',
@@ -178,7 +184,7 @@ def test_an_override_leaving_a_head_without_pairs_is_warned_about(tmp_path, capl
         'precision': 'fp32', 'heads.checkpoints': [str(action), str(objects)],
         'heads.topics': ['action', 'object'], 'num_frames': 4, 'window_seconds': 2.0,
         'symmetric_pairs': ['pick_up:put_down']})
-    with caplog.at_level(logging.WARNING, logger='step_ros.runtime'):
+    with caplog.at_level(logging.WARNING, logger='step_ros.stream.runtime'):
         engine = build_engine(config)
     assert [h.pairs for h in engine.heads] == [(('pick_up', 'put_down'),), ()]
     messages = [r.getMessage() for r in caplog.records if 'symmetric_pairs' in r.getMessage()]
@@ -187,7 +193,7 @@ def test_an_override_leaving_a_head_without_pairs_is_warned_about(tmp_path, capl
 
 
 def test_decision_parameters_build_the_decision_config(valid):
-    from step_ros.decision import DecisionConfig
+    from step_ros.stream.decision import DecisionConfig
 
     assert PerceptionConfig.from_params(valid).decision == DecisionConfig()
     config = PerceptionConfig.from_params({**valid, 'decision.smoothing_seconds': 0,

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from step_ros import features
-from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import MAX_FRAMES
-from step_ros.features import DataError, FeatureCache, extract, read_clip_list
+from step_ros.data import features
+from step_ros.data.caches import load_cache
+from step_ros.data.features import DataError, extract, read_clip_list
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import MAX_FRAMES
 from step_ros.tools import extract as extract_cli
 from step_ros.tools import train
 
@@ -200,7 +201,7 @@ def test_damaged_caches_name_the_index_or_the_shard(cache, tmp_path, capsys, nam
                                                     words):
     damaged = _damage(cache, tmp_path, **damage)
     with pytest.raises(DataError) as info:
-        FeatureCache.load(damaged)
+        load_cache(damaged)
     assert all(w in str(info.value) for w in words), (words, info.value)
     code = train.main(['--cache', str(damaged), '--head', 'linear', '--out',
                        str(tmp_path / 'run'), '--epochs', '1'])
@@ -217,6 +218,6 @@ def test_resuming_into_a_damaged_index_is_refused(cache, backbone, videos, tmp_p
 
 
 def test_the_intact_cache_loads(cache):
-    loaded = FeatureCache.load(cache)
+    loaded = load_cache(cache)
     assert loaded.tokens.shape == (3, T, 65, 96) and loaded.labels == ('stir', 'wave')
     assert loaded.targets.tolist() == [1, 0, 0]

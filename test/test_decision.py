@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from step_ros.decision import ActionEvent, Decider, DecisionConfig, State
+from step_ros.stream.decision import ActionEvent, Decider, DecisionConfig, State
 
 LABELS = ('none', 'pick_up', 'put_down')
 SEC = 1_000_000_000

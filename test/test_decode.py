@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from step_ros.decode import ImageRejected, decode_compressed, decode_raw
+from step_ros.stream.decode import ImageRejected, decode_compressed, decode_raw
 
 RGB = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]],
                 [[10, 20, 30], [200, 100, 50], [0, 0, 0]]], dtype=np.uint8)  # (2, 3, 3)
@@ -162,7 +162,7 @@ def test_a_bomb_does_not_take_memory(tmp_path):
     bomb.write_bytes(_png_declaring(12000, 12000, rows=rows))
     script = (
         'import resource, sys\n'
-        'from step_ros.decode import ImageRejected, decode_compressed\n'
+        'from step_ros.stream.decode import ImageRejected, decode_compressed\n'
         'data = open(sys.argv[1], "rb").read()\n'
         'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
         'try:\n'
@@ -205,7 +205,7 @@ def test_undecodable_data_is_rejected_without_opencv_output(capfd, fmt, data):
 
 def test_other_output_during_a_decode_is_passed_on(capfd):
     """Only codec messages are held back while a frame decodes; nothing else is lost."""
-    import step_ros.decode as decode
+    import step_ros.stream.decode as decode
 
     with decode._native_stderr() as lines:
         os.write(2, b'a line of someone else\n')
@@ -219,7 +219,7 @@ def test_large_frames_are_resized_before_conversion_to_float():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from step_ros.backbone import FrozenBackbone
+    from step_ros.model.backbone import FrozenBackbone
 
     backbone = FrozenBackbone.load('tiny')
     frames = torch.zeros((1, 2000, 2600, 3), dtype=torch.uint8)

@@ -13,7 +13,7 @@ pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run
 
 from node_helpers import REPO, ros_env  # noqa: E402
 
-from step_ros.synth import ACTIONS  # noqa: E402
+from step_ros.data.synth import ACTIONS  # noqa: E402
 
 DEMO_TIMEOUT_S = 240
 

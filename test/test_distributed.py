@@ -15,9 +15,10 @@ import torch
 from node_helpers import write_params
 from safetensors.torch import load_file
 
-from step_ros.backbone import FrozenBackbone
+from step_ros.data.caches import load_cache
+from step_ros.data.features import extract, read_clip_list
 from step_ros.distributed import Dist, rank_batches
-from step_ros.features import FeatureCache, extract, read_clip_list
+from step_ros.model.backbone import FrozenBackbone
 from step_ros.tools import synth as synth_cli
 from step_ros.tools import train as train_cli
 from step_ros.tools.synth_bag import write_synth_bag
@@ -70,7 +71,7 @@ def assert_same_cache(cache: Path, reference: Path) -> None:
     expected = json.loads((reference / 'index.json').read_text())
     assert index == expected  # same clips, labels, shards (names and counts) and node windows
     assert shard_files(cache) == shard_files(reference)  # no per-rank leftovers
-    got, want = FeatureCache.load(cache), FeatureCache.load(reference)
+    got, want = load_cache(cache), load_cache(reference)
     assert torch.equal(got.targets, want.targets)
     torch.testing.assert_close(got.tokens, want.tokens, atol=2e-3, rtol=2e-3)
 
@@ -178,7 +179,7 @@ def assert_same_bag_cache(cache: Path, reference: Path) -> None:
     assert files == sorted(str(p.relative_to(reference)) for p in reference.rglob('*')
                            if p.is_file())  # no per-rank records left
     for split in ('train', 'val'):
-        got, want = FeatureCache.load(cache / split), FeatureCache.load(reference / split)
+        got, want = load_cache(cache / split), load_cache(reference / split)
         assert got.window_stamps == want.window_stamps
         assert torch.equal(got.targets, want.targets)
         torch.testing.assert_close(got.tokens.frames, want.tokens.frames, atol=2e-3, rtol=2e-3)

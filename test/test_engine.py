@@ -8,10 +8,16 @@ import torch
 from node_helpers import LABELS, PAIRS, tiny_info
 from torch import nn
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import HeadMeta, load_head
-from step_ros.engine import EngineConfig, Head, NonFiniteScores, StampSampler, StreamingEngine
-from step_ros.heads import PRESETS
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import HeadMeta, load_head
+from step_ros.model.heads import PRESETS
+from step_ros.stream.engine import (
+    EngineConfig,
+    Head,
+    NonFiniteScores,
+    StampSampler,
+    StreamingEngine,
+)
 
 T = 4
 PERIOD_NS = 250_000_000  # window_seconds=1.0 / T

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from test_engine import BASE_NS, PERIOD_NS, T, _frames, load_head_random
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.engine import EngineConfig, Head, Offer, StreamingEngine
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.stream.engine import EngineConfig, Head, Offer, StreamingEngine
 
 CAMERAS = ('front', 'wrist', 'overview')
 

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import load_head, read_meta
-from step_ros.features import DataError, FeatureCache, extract, read_clip_list, sample_indices
-from step_ros.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, render_clip
+from step_ros.data.caches import load_cache
+from step_ros.data.features import DataError, extract, read_clip_list, sample_indices
+from step_ros.data.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, render_clip
+from step_ros.learn.training import predict
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import load_head, read_meta
 from step_ros.tools import evaluate, train
 from step_ros.tools import extract as extract_cli
 from step_ros.tools import synth as synth_cli
-from step_ros.training import predict
 
 T = 4
 
@@ -46,7 +47,7 @@ def caches(dataset, tmp_path_factory):
 
 
 def test_cache_holds_fp16_tokens_labels_and_pairs(caches, backbone):
-    cache = FeatureCache.load(caches / 'train')
+    cache = load_cache(caches / 'train')
     assert cache.tokens.shape == (2 * len(LABELS), T, 1 + backbone.info.num_patches, 96)
     assert cache.tokens.dtype == torch.float16
     assert cache.labels == LABELS and cache.symmetric_pairs == SYMMETRIC_PAIRS
@@ -63,10 +64,10 @@ def test_extract_resumes_where_it_stopped(dataset, caches, backbone, tmp_path):
     index['shards'], index['spans'] = index['shards'][:1], index['spans'][:5]
     (tmp_path / 'index.json').write_text(json.dumps(index))
     with pytest.raises(DataError, match='incomplete cache'):
-        FeatureCache.load(tmp_path)
+        load_cache(tmp_path)
     extract(clips, backbone, num_frames=T, out=tmp_path, shard_size=5, progress=False)
-    resumed = FeatureCache.load(tmp_path)
-    reference = FeatureCache.load(caches / 'train')
+    resumed = load_cache(tmp_path)
+    reference = load_cache(caches / 'train')
     assert torch.equal(resumed.tokens, reference.tokens)
     with pytest.raises(DataError, match='other clips, backbone or T'):
         extract(clips, backbone, num_frames=T + 1, out=tmp_path, progress=False)
@@ -93,7 +94,7 @@ def test_train_eval_and_checkpoint_round_trip(caches, tmp_path, capsys):
     assert meta.symmetric_pairs == SYMMETRIC_PAIRS and meta.num_frames == T, meta
     assert meta.head.num_heads == 4, meta.head  # tiny backbone: D=96 -> 4 attention heads
     module, _ = load_head(run / 'step.safetensors')
-    test = FeatureCache.load(caches / 'test')
+    test = load_cache(caches / 'test')
     again, _ = load_head(run / 'step.safetensors')
     assert torch.equal(predict(module, test.tokens), predict(again, test.tokens))
 
@@ -185,7 +186,7 @@ def test_committed_demo_head_recognises_live_windows(backbone):
 
 
 def test_node_window_matches_the_nodes_frame_spacing():
-    from step_ros.features import node_window
+    from step_ros.data.features import node_window
     # 8 frames 0.25 s apart at 30 fps (every 7.5th frame): the node keeps them with a 2 s window.
     index = sample_indices(60, 8, fps=30.0, start=0.0, end=(7 * 7.5 + 1) / 30.0)
     assert abs(node_window(index, 30.0) - 2.0) < 0.02, (index, node_window(index, 30.0))
@@ -199,7 +200,7 @@ def test_a_resumed_cache_takes_the_edited_pairs(dataset, backbone, tmp_path):
     edited.write_text('symmetric_pairs: [[pick_up, put_down]]\n')
     extract(read_clip_list(dataset / 'train.csv', pairs_path=edited), backbone, num_frames=T,
             out=tmp_path, progress=False)
-    assert FeatureCache.load(tmp_path).symmetric_pairs == (('pick_up', 'put_down'),)
+    assert load_cache(tmp_path).symmetric_pairs == (('pick_up', 'put_down'),)
 
 
 def test_extract_rejects_a_shard_size_below_one(dataset, tmp_path, capsys):

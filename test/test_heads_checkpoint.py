@@ -7,10 +7,10 @@ import pytest
 import torch
 from node_helpers import LABELS, PAIRS, make_head, tiny_info
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import CheckpointError, HeadMeta, load_head, read_meta, save_head
-from step_ros.engine import EngineConfig, Head, StreamingEngine
-from step_ros.heads import PRESETS, build_head, count_trainable
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import CheckpointError, HeadMeta, load_head, read_meta, save_head
+from step_ros.model.heads import PRESETS, build_head, count_trainable
+from step_ros.stream.engine import EngineConfig, Head, StreamingEngine
 
 
 def test_step_parameter_count_vit_b():

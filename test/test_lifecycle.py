@@ -29,7 +29,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction  # noqa: E402
 
-from step_ros.config import load_params_file  # noqa: E402
 from step_ros.ros.conversions import ns_to_time, rgb_to_image  # noqa: E402
 from step_ros.ros.perception_node import (  # noqa: E402
     EVENT_QOS,
@@ -38,6 +37,7 @@ from step_ros.ros.perception_node import (  # noqa: E402
     RESULT_QOS,
     PerceptionNode,
 )
+from step_ros.stream.config import load_params_file  # noqa: E402
 
 T = 4
 PERIOD_NS = 250_000_000  # window_seconds 1.0 / T: every published frame is sampled

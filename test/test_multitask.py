@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from step_ros.checkpoint import read_meta
-from step_ros.features import DataError, FeatureCache, read_clip_list
-from step_ros.synth import LABELS, SYMMETRIC_PAIRS, object_of
+from step_ros.data.caches import load_cache
+from step_ros.data.features import DataError, read_clip_list
+from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS, object_of
+from step_ros.model.checkpoint import read_meta
 from step_ros.tools import evaluate, train
 from step_ros.tools import extract as extract_cli
 from step_ros.tools import synth as synth_cli
@@ -40,7 +41,7 @@ def test_synth_writes_a_column_per_task(data):
 
 
 def test_cache_keeps_every_task(data):
-    cache = FeatureCache.load(data / 'train')
+    cache = load_cache(data / 'train')
     labels, targets, pairs = cache.task('object')
     assert labels == OBJECTS and pairs == (), (labels, pairs)
     assert [labels[i] for i in targets] == [object_of(cache.labels[i]) for i in cache.targets]

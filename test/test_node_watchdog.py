@@ -18,9 +18,9 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from step_ros.config import load_params_file  # noqa: E402
 from step_ros.ros.conversions import ns_to_time, rgb_to_image  # noqa: E402
 from step_ros.ros.perception_node import IMAGE_QOS, RESULT_QOS, PerceptionNode  # noqa: E402
+from step_ros.stream.config import load_params_file  # noqa: E402
 
 T = 4
 PERIOD_NS = 250_000_000  # window_seconds 1.0 / T

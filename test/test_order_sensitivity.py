@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from step_ros.features import FeatureCache
-from step_ros.heads import PRESETS
-from step_ros.metrics import accuracy_report
-from step_ros.training import TrainConfig, predict, train_heads
+from step_ros.data.features import FeatureCache
+from step_ros.evaluate.metrics import accuracy_report
+from step_ros.learn.training import TrainConfig, predict, train_heads
+from step_ros.model.heads import PRESETS
 
 T, N, D = 4, 4, 16
 
@@ -82,7 +82,7 @@ def test_probes_are_blind_to_order(trained, name):
 def test_eval_reports_the_reversal_drop_of_a_step_head(trained):
     """`eval` runs every clip forward and time-reversed: STEP, which reads order, must read the
     reversed symmetric clips as their counterparts (a reversal that is not done reads 0 drop)."""
-    from step_ros.checkpoint import HeadMeta
+    from step_ros.model.checkpoint import HeadMeta
     from step_ros.tools.evaluate import evaluate_head
 
     modules, test = trained

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.costs import vitb14_costs
-from step_ros.heads import PRESETS
-from step_ros.peft import PEFT_PRESETS, PeftConfig, PeftModel, encoder_layers
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.costs import vitb14_costs
+from step_ros.model.heads import PRESETS
+from step_ros.model.peft import PEFT_PRESETS, PeftConfig, PeftModel, encoder_layers
 
 T = 4
 
@@ -163,8 +163,8 @@ def test_peft_training_with_reverse_pairs_plays_pair_clips_backwards_as_the_coun
         backbone, monkeypatch):
     from torch.nn import functional
 
-    from step_ros import peft_training
-    from step_ros.training import TrainConfig
+    from step_ros.learn import peft_training
+    from step_ros.learn.training import TrainConfig
 
     pixels = _pixels(backbone, clips=8)
     data = peft_training.PixelClips(pixels, torch.tensor([0, 2] * 4), ('a', 'b', 'c'),

@@ -4,8 +4,8 @@ formats' definitions, and against cv_bridge where it is importable."""
 import numpy as np
 import pytest
 
-from step_ros.decode import SUPPORTED_RAW, ImageRejected, check_raw, decode_raw
-from step_ros.raw_formats import SUPPORTED
+from step_ros.stream.decode import SUPPORTED_RAW, ImageRejected, check_raw, decode_raw
+from step_ros.stream.raw_formats import SUPPORTED
 
 RNG = np.random.default_rng(7)
 
@@ -135,8 +135,8 @@ def _message(encoding: str, h: int, w: int):
     """A sensor_msgs/Image of random samples in `encoding`."""
     from sensor_msgs.msg import Image
 
-    from step_ros import raw_formats
-    from step_ros.decode import _RAW
+    from step_ros.stream import raw_formats
+    from step_ros.stream.decode import _RAW
 
     if encoding in raw_formats.FORMATS:
         fmt = raw_formats.FORMATS[encoding]

@@ -4,7 +4,7 @@ import ast
 import re
 from pathlib import Path
 
-from step_ros.config import PARAMETERS
+from step_ros.stream.config import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text()

@@ -1,10 +1,11 @@
-"""Images recorded on a real robot (ROS 1 bags, read with `rosbags`) through step_ros.decode."""
+"""Images recorded on a real robot (ROS 1 bags, read with `rosbags`), through
+step_ros.stream.decode."""
 
 from pathlib import Path
 
 import pytest
 
-from step_ros.decode import ImageRejected, decode_compressed, decode_raw
+from step_ros.stream.decode import ImageRejected, decode_compressed, decode_raw
 
 BAGS = Path(__file__).parents[1].parent / 'shared' / 'testdata' / 'real_bags'
 pytestmark = pytest.mark.skipif(not (BAGS / 'raw.bag').is_file(),

@@ -17,8 +17,8 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from step_ros_msgs.msg import ActionEvent, HumanAction  # noqa: E402
 
-from step_ros.config import load_params_file, resolve_path  # noqa: E402
-from step_ros.synth import LABELS, SYMMETRIC_PAIRS  # noqa: E402
+from step_ros.stream.config import load_params_file, resolve_path  # noqa: E402
+from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS  # noqa: E402
 from step_ros.tools import bag_eval  # noqa: E402
 from step_ros.tools.synth_bag import START_NS, write_synth_bag  # noqa: E402
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from step_ros.peft import PEFT_PRESETS
+from step_ros.model.peft import PEFT_PRESETS
 from step_ros.tools import report
 
 

@@ -270,7 +270,7 @@ def config_value(params_file: str, env: dict[str, str], name: str):
 
 def head_labels(params_file: str, env: dict[str, str]) -> list[str]:
     """The labels of the README params file's (first) head checkpoint."""
-    from step_ros.checkpoint import read_meta
+    from step_ros.model.checkpoint import read_meta
 
     checkpoint = config_value(params_file, env, 'heads')['checkpoints'][0]
     path = checkpoint.replace('package://step_ros/', f'{REPO}/')

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from step_ros.decision import ActionEvent, Decider, DecisionConfig
-from step_ros.stream_eval import StreamRecord, decide, event_intervals, stream_report
-from step_ros.timeline import Segment, Timeline
+from step_ros.data.timeline import Segment, Timeline
+from step_ros.evaluate.stream_eval import StreamRecord, decide, event_intervals, stream_report
+from step_ros.stream.decision import ActionEvent, Decider, DecisionConfig
 
 S = 1_000_000_000
 LABELS = ('none', 'A', 'B')

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from step_ros.stream_metrics import (
+from step_ros.evaluate.stream_metrics import (
     average_precision,
     changes,
     edit_score,

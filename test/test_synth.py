@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from step_ros.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, ActionStream, render_clip
+from step_ros.data.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, ActionStream, render_clip
 from step_ros.tools import synth as synth_cli
 
 

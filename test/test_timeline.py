@@ -2,7 +2,7 @@
 
 import pytest
 
-from step_ros.timeline import TimelineError, load_timeline, seconds, write_timeline
+from step_ros.data.timeline import TimelineError, load_timeline, seconds, write_timeline
 
 S = 1_000_000_000
 BASE = 1_700_000_000 * S

@@ -8,9 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from step_ros.features import FeatureCache
-from step_ros.heads import PRESETS
-from step_ros.training import (
+from step_ros.data.features import FeatureCache
+from step_ros.learn.training import (
     TrainConfig,
     flushes_denormals,
     lr_at,
@@ -18,6 +17,7 @@ from step_ros.training import (
     reversal_targets,
     train_heads,
 )
+from step_ros.model.heads import PRESETS
 
 T, N, D = 4, 4, 16
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from step_ros.backbone import FrozenBackbone
 from step_ros.benchmark.measure import Clock, count_flops, repeat, summary
 from step_ros.benchmark.subjects import Frames, make_engine
-from step_ros.decode import decode_compressed, decode_raw
-from step_ros.engine import EngineConfig, Head, Offer, StreamingEngine
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.stream.decode import decode_compressed, decode_raw
+from step_ros.stream.engine import EngineConfig, Head, Offer, StreamingEngine
 
 STAGES = ('preprocess', 'backbone', 'head', 'post')
 

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import torch
 
-from step_ros.backbone import DTYPES, BackboneInfo, FrozenBackbone, resolve_device
-from step_ros.checkpoint import HeadMeta
-from step_ros.engine import EngineConfig, Head, StreamingEngine
-from step_ros.heads import HeadConfig, build_head
+from step_ros.model.backbone import DTYPES, BackboneInfo, FrozenBackbone, resolve_device
+from step_ros.model.checkpoint import HeadMeta
+from step_ros.model.heads import HeadConfig, build_head
+from step_ros.stream.engine import EngineConfig, Head, StreamingEngine
 
 VITB14_RANDOM = 'vitb14-random'
 LABELS = tuple(f'action_{i}' for i in range(10))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from step_ros.config import package_share
+from step_ros.stream.config import package_share
 
 # Fast DDS defaults (208 KiB UDP socket buffers, 512 KiB shared-memory segments) lose most
 # best-effort camera frames bigger than those between processes on one machine: measured here,
@@ -36,7 +36,7 @@ def use_large_frames_profile() -> str:
 def write_node_files(out: Path, *, frames: int, window_seconds: float) -> Path:
     """A random-weight head for the tiny backbone and the params file that uses it."""
     from step_ros.benchmark.subjects import load_backbone, make_head
-    from step_ros.checkpoint import save_head
+    from step_ros.model.checkpoint import save_head
 
     backbone = load_backbone('tiny', device='cpu', precision='fp32')
     head = make_head(backbone, num_frames=frames)

@@ -9,9 +9,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction
 
-from step_ros.decision import ActionEvent as Event
-from step_ros.decision import Decision
-from step_ros.engine import Head, Prediction
+from step_ros.stream.decision import ActionEvent as Event
+from step_ros.stream.decision import Decision
+from step_ros.stream.engine import Head, Prediction
 
 
 def stamp_to_ns(stamp: Time) -> int:

@@ -1,13 +1,13 @@
 """`python -m step_ros demo`: perception_node on a synthetic camera, results printed live.
 
 Starts the node as a subprocess on config/demo.yaml, publishes a 30 fps stream of procedural
-actions (step_ros.synth.ActionStream) with header stamps = stream time, and prints what a planner
-receives: the decided state when it changes and each START / END event, next to the action
+actions (step_ros.data.synth.ActionStream) with header stamps = stream time, and prints what a
+planner receives: the decided state when it changes and each START / END event, next to the action
 really shown (not every raw window). It ends with the raw agreement over full windows (all frames
 inside one action) and the stream metrics of its own run, raw against decided (accuracy, label
 changes per minute, edit score, F1@IoU; START precision / recall / F1, onset latency, false
-starts on background), computed by step_ros.stream_metrics as bag-eval does. Everything stays on
-this machine, in a ROS domain of its own.
+starts on background), computed by step_ros.evaluate.stream_metrics as bag-eval does. Everything
+stays on this machine, in a ROS domain of its own.
 """
 
 from __future__ import annotations
@@ -144,10 +144,10 @@ def stream_summary(board: Scoreboard, messages: list, event_messages: list) -> l
     """The stream metrics of this run, computed by bag-eval's own scoring (stream_eval)."""
     import numpy as np
 
-    from step_ros.decision import ActionEvent, Decision, State
+    from step_ros.data.timeline import Segment, Timeline
+    from step_ros.evaluate.stream_eval import StreamRecord, stream_report
     from step_ros.ros.conversions import stamp_to_ns
-    from step_ros.stream_eval import StreamRecord, stream_report
-    from step_ros.timeline import Segment, Timeline
+    from step_ros.stream.decision import ActionEvent, Decision, State
 
     if len(messages) < 2:
         return ['stream metrics: fewer than two decided windows']
@@ -229,7 +229,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 100)))
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
-    from step_ros.config import ConfigError, PerceptionConfig, load_params_file, package_share
+    from step_ros.stream.config import (
+        ConfigError,
+        PerceptionConfig,
+        load_params_file,
+        package_share,
+    )
     params_file = Path(args.params_file or package_share() / 'config' / 'demo.yaml')
     try:
         config = PerceptionConfig.from_params(load_params_file(params_file))
@@ -258,9 +263,9 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
     from std_msgs.msg import Header
     from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction
 
+    from step_ros.data.synth import ActionStream
     from step_ros.ros.conversions import ns_to_time, rgb_to_image, stamp_to_ns
     from step_ros.ros.perception_node import EVENT_QOS, IMAGE_QOS, LATCHED_QOS, RESULT_QOS
-    from step_ros.synth import ActionStream
 
     topic = '/' + config.head_topics[0].lstrip('/')
     # Ctrl-C as a KeyboardInterrupt in this thread: the summary is still printed.

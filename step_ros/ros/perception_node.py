@@ -52,13 +52,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from step_ros_msgs.msg import ActionEvent, ActionLabels, HumanAction
 
-from step_ros.backbone import BackboneError
-from step_ros.checkpoint import CheckpointError
-from step_ros.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
-from step_ros.decision import ActionEvent as Event
-from step_ros.decision import Decider
-from step_ros.decode import ImageRejected, check_message, decode_message
-from step_ros.engine import Offer, StepResult, StreamingEngine
+from step_ros.model.backbone import BackboneError
+from step_ros.model.checkpoint import CheckpointError
 from step_ros.ros import diagnostics
 from step_ros.ros.conversions import (
     annotate,
@@ -71,7 +66,12 @@ from step_ros.ros.conversions import (
 )
 from step_ros.ros.logs import RateLimitedLog
 from step_ros.ros.worker import Worker
-from step_ros.runtime import build_engine
+from step_ros.stream.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
+from step_ros.stream.decision import ActionEvent as Event
+from step_ros.stream.decision import Decider
+from step_ros.stream.decode import ImageRejected, check_message, decode_message
+from step_ros.stream.engine import Offer, StepResult, StreamingEngine
+from step_ros.stream.runtime import build_engine
 
 IMAGE_QOS = {
     'sensor_data': qos_profile_sensor_data,  # REP-2003: best effort, keep last 5

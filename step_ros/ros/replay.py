@@ -3,7 +3,7 @@
 For machines without `ros2 bag play` (rosbag2_py is not on PyPI). Messages go out in recording
 order at real time x --rate with their original header stamps; /clock (rosgraph_msgs/Clock)
 carries the bag's recording time, so nodes started with use_sim_time follow the bag. Reads
-ROS 1 and rosbag2 (sqlite3, mcap) bags through `step_ros.bags`.
+ROS 1 and rosbag2 (sqlite3, mcap) bags through `step_ros.data.bags`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from step_ros.bags import COMPRESSED, IMAGE_TYPES, BagError, image_connections, open_bag
+from step_ros.data.bags import COMPRESSED, IMAGE_TYPES, BagError, image_connections, open_bag
 
 QOS = {
     'reliable': QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),

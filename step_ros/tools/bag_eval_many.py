@@ -1,6 +1,6 @@
 """bag-eval over several recordings: one worker process per bag, one merged report.
 
-Every recording runs the single-bag evaluation (bag_eval.run_bag) unchanged in a worker process
+Every recording runs the single-bag evaluation (bag_score.run_bag) unchanged in a worker process
 of its own (its own engine; torch threads split between the workers) and writes its usual
 outputs to OUT/<recording>/. The parent then scores the union of all recordings' predictions
 with the same `score` and writes OUT/report.json (per recording and overall) and OUT/report.md,
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from step_ros.decision import DecisionConfig
-from step_ros.tools import bag_eval, bag_sweep
+from step_ros.stream.decision import DecisionConfig
+from step_ros.tools import bag_score, bag_sweep
 
 
 def recording_names(bags: list[Path]) -> list[str]:
@@ -40,8 +40,8 @@ def _limit_threads(threads: int) -> None:
 def _one(args: argparse.Namespace) -> tuple[dict | None, list, list, str]:
     """Worker: (report, at-stamp records, full-window records, error message or '')."""
     try:
-        report, at_stamp, full = bag_eval.run_bag(args)
-    except bag_eval.ERRORS as exc:
+        report, at_stamp, full = bag_score.run_bag(args)
+    except bag_score.ERRORS as exc:
         return None, [], [], f'{args.bag}: {exc}'
     return report, at_stamp, full, ''
 
@@ -80,9 +80,9 @@ def run_many(args: argparse.Namespace) -> int:
     (args.out / 'report.md').write_text(markdown(report))
     s = report['overall']['at_stamp']
     print(f"bag-eval: {len(bags)} recordings, {report['overall']['predictions']} predictions, "
-          f"overall accuracy {bag_eval._pct(s['accuracy'])} (symmetric "
-          f"{bag_eval._pct(s['symmetric']['accuracy'])}, non-symmetric "
-          f"{bag_eval._pct(s['non_symmetric']['accuracy'])}); {workers} workers; wrote "
+          f"overall accuracy {bag_score._pct(s['accuracy'])} (symmetric "
+          f"{bag_score._pct(s['symmetric']['accuracy'])}, non-symmetric "
+          f"{bag_score._pct(s['non_symmetric']['accuracy'])}); {workers} workers; wrote "
           f'{args.out}')
     return 0
 
@@ -103,9 +103,9 @@ def merge(reports: list[dict], at_stamp: list[list], full: list[list], *, names:
     overall = dict(
         predictions=sum(r['predictions'] for r in reports),
         unlabelled=sum(r['unlabelled'] for r in reports),
-        at_stamp=bag_eval.score([x for part in at_stamp for x in part], labels=labels,
+        at_stamp=bag_score.score([x for part in at_stamp for x in part], labels=labels,
                                 symmetric=symmetric),
-        full_window=bag_eval.score([x for part in full for x in part], labels=labels,
+        full_window=bag_score.score([x for part in full for x in part], labels=labels,
                                    symmetric=symmetric),
         stream_mean=bag_sweep.mean_row([r['stream'] for r in recordings]),
         timing=dict(wall_s=round(wall_s, 3), bag_s=round(bag_s, 3), workers=workers,
@@ -142,7 +142,7 @@ STREAM_COLUMNS = (('score', 'score'), ('edit_score', 'edit'), ('f1_at_0.25', 'F1
 
 def markdown(report: dict) -> str:
     """report.md of several recordings: one row per recording, then all together."""
-    pct = bag_eval._pct
+    pct = bag_score._pct
     o = report['overall']
     lines = [f"# bag-eval: {len(report['recordings'])} recordings, {report['topic']}", '',
              f"Config `{report['config']}`, head `{report['task']}`; {o['timing']['workers']} "
@@ -165,7 +165,7 @@ def markdown(report: dict) -> str:
     rows = [(r['name'], r['stream']) for r in report['recordings']] + \
         [('**mean**', o['stream_mean'])]
     for name, st in rows:
-        lines.append(f'| {name} | ' + ' | '.join(bag_eval._num(st[key])
+        lines.append(f'| {name} | ' + ' | '.join(bag_score._num(st[key])
                                                    for key, _ in STREAM_COLUMNS) + ' |')
     if 'sweep' in o:
         best = o['sweep']['best']

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from step_ros.bags import BagError, ReadStats, iter_frames, topic_count
+from step_ros.data.bags import BagError, ReadStats, iter_frames, topic_count
 
 FOURCC = {'.mp4': 'mp4v', '.avi': 'MJPG', '.mkv': 'mp4v'}
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from step_ros.decision import DecisionConfig
-from step_ros.stream_eval import StreamRecord, replay
-from step_ros.stream_plots import plot_sweep
-from step_ros.timeline import Timeline
+from step_ros.data.timeline import Timeline
+from step_ros.evaluate.stream_eval import StreamRecord, replay
+from step_ros.evaluate.stream_plots import plot_sweep
+from step_ros.stream.decision import DecisionConfig
 
 SMOOTHING = (0.0, 0.25, 0.5, 1.0)
 ENTER = (0.5, 0.6, 0.7, 0.8)

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from step_ros.backbone import DTYPES, BackboneError, resolve_device
 from step_ros.benchmark import runs
 from step_ros.benchmark.measure import Clock, machine, memory
 from step_ros.benchmark.report import render
 from step_ros.benchmark.subjects import VITB14_RANDOM, Frames, load_backbone, make_head
-from step_ros.engine import EngineConfig
+from step_ros.model.backbone import DTYPES, BackboneError, resolve_device
+from step_ros.stream.engine import EngineConfig
 
 SCHEMA = 'step_ros.bench/1'
 ROW_MEMORY = ('rss_mib', 'cuda_max_allocated_mib')  # per precision row: RSS now, CUDA peak

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from step_ros.backbone import FrozenBackbone
 from step_ros.benchmark.measure import cpu_model
+from step_ros.data.features import extract, read_clip_list, read_frames
 from step_ros.distributed import session
-from step_ros.features import extract, read_clip_list, read_frames
+from step_ros.model.backbone import FrozenBackbone
 from step_ros.tools import synth as synth_cli
 
 

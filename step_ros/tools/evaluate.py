@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from step_ros.backbone import BackboneInfo
-from step_ros.calibration import plot_reliability, reliability, softmax
-from step_ros.checkpoint import CheckpointError, HeadMeta, load_head
-from step_ros.features import DataError, FeatureCache
-from step_ros.metrics import accuracy_report, plot_confusion, report_markdown
-from step_ros.training import predict
+from step_ros.data.caches import load_cache
+from step_ros.data.features import DataError, FeatureCache
+from step_ros.evaluate.metrics import accuracy_report, plot_confusion, report_markdown
+from step_ros.learn.training import predict
+from step_ros.model.backbone import BackboneInfo
+from step_ros.model.checkpoint import CheckpointError, HeadMeta, load_head
+from step_ros.stream.calibration import plot_reliability, reliability, softmax
 
 
 def evaluate_head(module: nn.Module, meta: HeadMeta, cache: FeatureCache, *,
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         module, meta = load_head(args.checkpoint)  # the quicker check first
-        cache = FeatureCache.load(args.cache)
+        cache = load_cache(args.cache)
         report = evaluate_head(module, meta, cache, source=str(args.checkpoint))
     except (DataError, CheckpointError) as exc:
         print(f'eval: error: {exc}', file=sys.stderr)

@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from step_ros.backbone import BackboneError, FrozenBackbone
-from step_ros.checkpoint import MAX_FRAMES
+from step_ros.data.features import DataError, extract, read_clip_list
 from step_ros.distributed import session
-from step_ros.features import DataError, extract, read_clip_list
+from step_ros.model.backbone import BackboneError, FrozenBackbone
+from step_ros.model.checkpoint import MAX_FRAMES
 from step_ros.tools import extract_bags
 
 

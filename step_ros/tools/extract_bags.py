@@ -1,7 +1,7 @@
 """`python -m step_ros extract --bag ...`: a training cache from rosbags, on the node's path.
 
 The options `extract` takes for --bag and the run of that branch; the work is in
-`step_ros.bag_dataset`.
+`step_ros.data.bag_dataset`.
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from step_ros.backbone import BackboneError
-from step_ros.bag_cache import split_counts
-from step_ros.bag_dataset import (
+from step_ros.data.bag_cache import split_counts
+from step_ros.data.bag_dataset import (
     STRADDLE_RULES,
     NodeSettings,
     Recording,
     default_timeline,
     extract_bags,
 )
-from step_ros.bags import BagError
-from step_ros.config import ConfigError, load_params_file
+from step_ros.data.bags import BagError
+from step_ros.data.features import DataError
+from step_ros.data.timeline import TimelineError
 from step_ros.distributed import session
-from step_ros.features import DataError
-from step_ros.timeline import TimelineError
+from step_ros.model.backbone import BackboneError
+from step_ros.stream.config import ConfigError, load_params_file
 
 # Flags of the clip branch that the node's parameters file sets for --bag.
 CLIP_ONLY = {'frames': 'num_frames', 'backbone': 'backbone.weights',

@@ -21,16 +21,17 @@ from pathlib import Path
 
 import torch
 
-from step_ros.backbone import BackboneError, FrozenBackbone
-from step_ros.checkpoint import CheckpointError, load_head
-from step_ros.costs import Cost, count_gflops, head_cost, peft_cost, vitb14_costs
-from step_ros.features import DataError, FeatureCache, extract, read_clip_list
-from step_ros.peft import PEFT_PRESETS, PeftModel
-from step_ros.peft_training import evaluate_peft, load_pixels, train_peft
+from step_ros.data.caches import load_cache
+from step_ros.data.features import DataError, extract, read_clip_list
+from step_ros.learn.peft_training import evaluate_peft, load_pixels, train_peft
+from step_ros.learn.training import TrainConfig, save_run, train_heads
+from step_ros.model.backbone import BackboneError, FrozenBackbone
+from step_ros.model.checkpoint import CheckpointError, load_head
+from step_ros.model.costs import Cost, count_gflops, head_cost, peft_cost, vitb14_costs
+from step_ros.model.peft import PEFT_PRESETS, PeftModel
 from step_ros.tools import report_tables, synth
 from step_ros.tools.evaluate import evaluate_head, write_report
 from step_ros.tools.train import add_train_arguments, auto_num_heads, resolve_heads, train_config
-from step_ros.training import TrainConfig, save_run, train_heads
 
 SPLITS = ('train', 'val', 'test')
 MULTITASK_HEADS = ('step', 'linear')  # trained for every further task of the data
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> dict:
     for split in SPLITS:
         clips = read_clip_list(data / f'{split}.csv')
         extract(clips, backbone, num_frames=args.frames, out=out / 'cache' / split)
-        caches[split] = FeatureCache.load(out / 'cache' / split)
+        caches[split] = load_cache(out / 'cache' / split)
     heads = resolve_heads(args.head or ['all'], dim=caches['train'].dim,
                           num_heads=args.num_heads)
     config = train_config(args)

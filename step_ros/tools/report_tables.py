@@ -7,7 +7,7 @@ heads are named by their preset, PEFT rows by their PEFT preset (e.g. `vpt_step`
 
 from __future__ import annotations
 
-from step_ros.peft import PEFT_PRESETS
+from step_ros.model.peft import PEFT_PRESETS
 
 PROBES = ('linear', 'attentive')
 # (adaptation, head) -> row name, for Table IV

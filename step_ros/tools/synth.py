@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from step_ros.synth import LABELS, SYMMETRIC_PAIRS, object_of, render_clip
+from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS, object_of, render_clip
 from step_ros.tools import synth_bag
 
 SPLITS = ('train', 'val', 'test')

@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from step_ros.bags import BagError, BagWriter
-from step_ros.synth import DEFAULT_SIZE, LABELS, SYMMETRIC_PAIRS, ActionStream
-from step_ros.timeline import write_timeline
+from step_ros.data.bags import BagError, BagWriter
+from step_ros.data.synth import DEFAULT_SIZE, LABELS, SYMMETRIC_PAIRS, ActionStream
+from step_ros.data.timeline import write_timeline
 
 TIMELINE_NAME = 'timeline.csv'
 # Header stamps start here (2023-11-14, whole seconds): realistic epoch times, never 0, which

@@ -4,7 +4,7 @@ Writes <out>/<head>.safetensors for every --head, config.json (the resolved sett
 log.jsonl (loss and accuracy per epoch and head) and curves.png. With several --task (columns
 of the clip list, e.g. `--task action --task object` on synth's data), every head is trained
 for every task on the same pass over the cache and written as <out>/<task>_<head>.safetensors.
-Several --cache are concatenated (step_ros.cache_concat: the same labels, T and backbone).
+Several --cache are concatenated (step_ros.data.cache_concat: the same labels, T and backbone).
 With --val-cache, each head's temperature is fitted on the validation windows (NLL) and stored
 in its checkpoint, with the ECE before and after in calibration.json.
 Under torchrun the heads train with DistributedDataParallel, --batch-size is per rank (global
@@ -19,11 +19,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from step_ros.cache_concat import concat_caches
+from step_ros.data.cache_concat import concat_caches
+from step_ros.data.caches import load_cache
+from step_ros.data.features import DataError, FeatureCache
 from step_ros.distributed import rank_device, session
-from step_ros.features import DataError, FeatureCache
-from step_ros.heads import PRESETS, HeadConfig
-from step_ros.training import TrainConfig, fit_temperatures, save_run, train_heads
+from step_ros.learn.training import TrainConfig, fit_temperatures, save_run, train_heads
+from step_ros.model.heads import PRESETS, HeadConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         with session(device=args.device) as dist:  # a process group under torchrun, else None
-            cache = concat_caches([FeatureCache.load(path) for path in args.cache])
-            val = FeatureCache.load(args.val_cache) if args.val_cache else None
+            cache = concat_caches([load_cache(path) for path in args.cache])
+            val = load_cache(args.val_cache) if args.val_cache else None
             presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
             heads, tasks = task_heads(presets, args.task or ['action'], cache)
             config = train_config(args)

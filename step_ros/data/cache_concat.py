@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from step_ros.features import FeatureCache
+from step_ros.data.features import FeatureCache
 
 
 class ConcatTokens:

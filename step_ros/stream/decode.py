@@ -20,8 +20,8 @@ import threading
 import cv2
 import numpy as np
 
-from step_ros import raw_formats
-from step_ros.image_header import HeaderError, declared_size
+from step_ros.stream import raw_formats
+from step_ros.stream.image_header import HeaderError, declared_size
 
 # 4K UHD is 8.3 MP and common 12 MP machine-vision sensors fit; a decoded frame of this size is
 # 36 MB of RGB.

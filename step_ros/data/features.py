@@ -24,9 +24,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
 from step_ros.distributed import Dist
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
 
 FORMAT = 'step_ros.features/1'
 INDEX = 'index.json'
@@ -300,7 +300,7 @@ def check_memory(clip: Clip, backbone: FrozenBackbone, *, num_frames: int, shard
     return need
 
 
-def _read_index(index_path: Path) -> dict:
+def read_index(index_path: Path) -> dict:
     try:
         index = json.loads(index_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -330,7 +330,7 @@ def open_index(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int
                  tasks={name: list(values) for name, values in clip_list.tasks})
     index_path = out / INDEX
     if index_path.is_file():
-        old = _read_index(index_path)
+        old = read_index(index_path)
         same = all(old.get(k) == index[k] for k in ('format', 'backbone', 'num_frames', 'clips'))
         if not same:
             raise DataError(f'{out}: holds a cache of other clips, backbone or T; use an empty '
@@ -418,7 +418,7 @@ def extract_ranked(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames:
     if not index_path.is_file():
         raise DataError(f'{out}: rank 0 wrote no {INDEX}; is --out on a file system that every '
                         'rank shares?')
-    index = _read_index(index_path)
+    index = read_index(index_path)
     first = sum(s['count'] for s in index['shards'])
     starts = list(range(first, len(clip_list.clips), shard_size))
     plan = [(len(index['shards']) + k, start) for k, start in enumerate(starts)]
@@ -487,17 +487,14 @@ class FeatureCache:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureCache:
-        """Read a cache; DataError names index.json or the shard that is damaged."""
+        """Read a clip cache (`caches.load_cache` reads either kind); DataError names index.json
+        or the shard that is damaged."""
         path = Path(path)
         index_path = path / INDEX
         if not index_path.is_file():
             raise DataError(f'{path}: not a feature cache (no {INDEX}); run '
                             '`python -m step_ros extract` first')
-        index = _read_index(index_path)
-        from step_ros import bag_cache  # imports this module: loaded on first use
-
-        if bag_cache.is_bag_cache(index):  # per-frame tokens of recordings + window index
-            return bag_cache.load_cache(path)
+        index = read_index(index_path)
         if index.get('format') != FORMAT:
             raise DataError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
         try:

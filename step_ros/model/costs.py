@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from step_ros.heads import HeadConfig, build_head
-from step_ros.peft import PeftConfig, PeftModel
+from step_ros.model.heads import HeadConfig, build_head
+from step_ros.model.peft import PeftConfig, PeftModel
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:

@@ -15,11 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.features import ClipList, read_frames
-from step_ros.metrics import accuracy_report
-from step_ros.peft import PeftConfig, PeftModel
-from step_ros.training import (
+from step_ros.data.features import ClipList, read_frames
+from step_ros.evaluate.metrics import accuracy_report
+from step_ros.learn.training import (
     TrainConfig,
     flush_denormals,
     lr_at,
@@ -27,6 +25,8 @@ from step_ros.training import (
     reversal_targets,
     reverse_some,
 )
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.peft import PeftConfig, PeftModel
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from step_ros.heads import PRESETS, build_head, count_trainable
+from step_ros.model.heads import PRESETS, build_head, count_trainable
 
 METHODS = ('vpt', 'adaptformer', 'st_adapter')
 

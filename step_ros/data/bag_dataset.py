@@ -17,8 +17,8 @@ Layout of an output directory OUT:
   per recording its bag, topic, timeline, split, sampled stamps, runs, shards and windows;
 - `OUT/frames_*.safetensors`: tensor `tokens` (frames, 1 + N, D) fp16, one row per sampled frame;
 - `OUT/<split>/index.json` (format `step_ros.bag_windows/1`): a view of one split's recordings.
-`FeatureCache.load` reads OUT (every recording) or OUT/<split> like a clip cache
-(`step_ros.bag_cache`). Shards are written whole and the index replaced atomically after each,
+`caches.load_cache` reads OUT (every recording) or OUT/<split> like a clip cache
+(`step_ros.data.bag_cache`). Shards are written whole and the index replaced atomically after each,
 so an interrupted run resumes. Under torchrun every rank encodes every N-th shard and writes
 `OUT/frames_*.done.json` beside each instead of the index; rank 0 folds them into the index
 after a barrier.
@@ -40,17 +40,17 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.bag_cache import FRAMES_FORMAT, INDEX, NEWEST_FRACTION, WINDOWS_FORMAT
-from step_ros.bags import BagFrame, ReadStats, iter_frames, topic_count
-from step_ros.checkpoint import MAX_FRAMES, validate_pairs
-from step_ros.config import DEFAULTS, PARAMETERS, ConfigError, _typed
-from step_ros.decode import DEFAULT_MAX_PIXELS
+from step_ros.data.bag_cache import FRAMES_FORMAT, INDEX, NEWEST_FRACTION, WINDOWS_FORMAT
+from step_ros.data.bags import BagFrame, ReadStats, iter_frames, topic_count
+from step_ros.data.features import DataError, read_pairs
+from step_ros.data.timeline import load_timeline
 from step_ros.distributed import Dist
-from step_ros.engine import EngineConfig, StampSampler
-from step_ros.features import DataError, read_pairs
-from step_ros.runtime import effective_precision
-from step_ros.timeline import load_timeline
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import MAX_FRAMES, validate_pairs
+from step_ros.stream.config import DEFAULTS, PARAMETERS, ConfigError, _typed
+from step_ros.stream.decode import DEFAULT_MAX_PIXELS
+from step_ros.stream.engine import EngineConfig, StampSampler
+from step_ros.stream.runtime import effective_precision
 
 TIMELINE_NAME = 'timeline.csv'
 # How a window whose oldest and newest frames are not inside one segment is labelled.

@@ -1,6 +1,6 @@
-"""Reading a cache of `extract --bag` (see step_ros.bag_dataset for the layout): windows of T
+"""Reading a cache of `extract --bag` (see step_ros.data.bag_dataset for the layout): windows of T
 per-frame tokens, gathered on indexing, with the header stamps and recording of each window.
-`FeatureCache.load` hands bag caches (OUT or OUT/<split>) to `load_cache`.
+`caches.load_cache` hands bag caches (OUT or OUT/<split>) to `load_cache`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from step_ros.features import DataError, FeatureCache
+from step_ros.data.features import DataError, FeatureCache
 
 FRAMES_FORMAT = 'step_ros.bag_frames/1'
 WINDOWS_FORMAT = 'step_ros.bag_windows/1'

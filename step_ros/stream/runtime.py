@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from step_ros.backbone import DTYPES, FrozenBackbone, resolve_device
-from step_ros.checkpoint import CheckpointError, load_head, validate_pairs
-from step_ros.config import ConfigError, PerceptionConfig
-from step_ros.engine import Head, StreamingEngine
+from step_ros.model.backbone import DTYPES, FrozenBackbone, resolve_device
+from step_ros.model.checkpoint import CheckpointError, load_head, validate_pairs
+from step_ros.stream.config import ConfigError, PerceptionConfig
+from step_ros.stream.engine import Head, StreamingEngine
 
 log = logging.getLogger(__name__)
 

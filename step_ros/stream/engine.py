@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from step_ros.backbone import FrozenBackbone
-from step_ros.checkpoint import CheckpointError, HeadMeta
+from step_ros.model.backbone import FrozenBackbone
+from step_ros.model.checkpoint import CheckpointError, HeadMeta
 
 # Stamps at most this far behind the newest one are transport reordering (or a raw and a
 # compressed copy of one stream): the late frame is skipped. Further back is a restart (bag loop,

@@ -1,8 +1,9 @@
 """Rosbag I/O without ROS: camera images out of ROS 1 and rosbag2 (sqlite3, mcap) bags, and
 annotated mcap rosbag2 bags written, with the `rosbags` library only.
 
-Frames come out in header-stamp order and are decoded by `step_ros.decode`, exactly as the node
-decodes them live; images the node would reject (depth, unknown encodings) are counted by reason.
+Frames come out in header-stamp order and are decoded by `step_ros.stream.decode`, exactly as the
+node decodes them live; images the node would reject (depth, unknown encodings) are counted by
+reason.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from step_ros.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_message
-from step_ros.engine import MAX_DISORDER_NS
+from step_ros.stream.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_message
+from step_ros.stream.engine import MAX_DISORDER_NS
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'

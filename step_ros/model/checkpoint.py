@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from step_ros.backbone import BackboneInfo
-from step_ros.heads import HeadConfig, build_head
+from step_ros.model.backbone import BackboneInfo
+from step_ros.model.heads import HeadConfig, build_head
 
 FORMAT = 'step_ros.head/1'
 METADATA_KEY = 'step_ros'

@@ -3,7 +3,7 @@
 Bayer mosaics (8 and 16 bit), 16-bit mono / colour (scaled to 8 bits with 255 / 65535, as
 `cv_bridge.imgmsg_to_cv2(msg, 'rgb8')` scales) and the semi-planar YUV 4:2:0 layouts nv12 /
 nv21, whose data holds `height * 3 / 2` rows: the luma plane, then interleaved chroma at half
-resolution. `step_ros.decode` dispatches here for these encodings; the cheap checks
+resolution. `step_ros.stream.decode` dispatches here for these encodings; the cheap checks
 (`check`) look at the message fields only and run before any pixel is touched.
 
 OpenCV names a Bayer pattern by the second row's first two pixels, so ROS `bayer_rggb8` (first

@@ -20,10 +20,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from step_ros.checkpoint import HeadMeta, save_head
+from step_ros.data.features import FeatureCache
 from step_ros.distributed import Dist, rank_batches
-from step_ros.features import FeatureCache
-from step_ros.heads import HeadConfig, build_head, count_trainable
+from step_ros.model.checkpoint import HeadMeta, save_head
+from step_ros.model.heads import HeadConfig, build_head, count_trainable
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
 
 def fit_temperatures(trained: list[TrainedHead], val: FeatureCache) -> dict[str, dict]:
     """Per head: the NLL-fitted temperature on `val`, and ECE / NLL before and after."""
-    from step_ros.calibration import ece, fit_temperature, nll, softmax
+    from step_ros.stream.calibration import ece, fit_temperature, nll, softmax
 
     out = {}
     for head in trained:

@@ -2,7 +2,7 @@
 
 `bag-eval` records the scored head's raw predictions once, then runs a `Decider` over them
 exactly as the node does per prediction (reset where the engine's buffer was cleared), and
-scores both streams with step_ros.stream_metrics. The sweep replays the same records under
+scores both streams with step_ros.evaluate.stream_metrics. The sweep replays the same records under
 other decision parameters without running the model again. ROS-free.
 """
 
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from step_ros.calibration import reliability, softmax
-from step_ros.decision import END, START, ActionEvent, Decider, Decision, DecisionConfig, State
-from step_ros.stream_metrics import (
+from step_ros.data.timeline import Timeline
+from step_ros.evaluate.stream_metrics import (
     IOU_THRESHOLDS,
     changes,
     edit_score,
@@ -23,7 +22,16 @@ from step_ros.stream_metrics import (
     f1_at_iou,
     frame_map,
 )
-from step_ros.timeline import Timeline
+from step_ros.stream.calibration import reliability, softmax
+from step_ros.stream.decision import (
+    END,
+    START,
+    ActionEvent,
+    Decider,
+    Decision,
+    DecisionConfig,
+    State,
+)
 
 
 @dataclass(frozen=True)

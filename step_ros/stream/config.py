@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from step_ros.decision import DecisionConfig
-from step_ros.decode import DEFAULT_MAX_PIXELS
-from step_ros.engine import EngineConfig
+from step_ros.stream.decision import DecisionConfig
+from step_ros.stream.decode import DEFAULT_MAX_PIXELS
+from step_ros.stream.engine import EngineConfig
 
 NODE_NAME = 'perception_node'
 PACKAGE_PREFIX = 'package://step_ros/'

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from step_ros.decision import START, ActionEvent
-from step_ros.timeline import Timeline
+from step_ros.data.timeline import Timeline
+from step_ros.stream.decision import START, ActionEvent
 
 
 def _pyplot():
