@@ -275,7 +275,7 @@ def test_events_are_backdated_by_the_heads_own_switch_point(setup, tmp_path, mon
             super().__init__(**kwargs)
             made.append(self.switch_ns)
 
-    monkeypatch.setattr(bag_eval, 'Decider', Recording)
+    monkeypatch.setattr(bag_score, 'Decider', Recording)
     monkeypatch.setattr('step_ros.evaluate.stream_eval.Decider', Recording)
     tmp, bag, timeline, _ = setup
     assert bag_eval.main(['--bag', str(bag), '--topic', TOPIC, '--labels', str(timeline),
