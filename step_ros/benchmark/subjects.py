@@ -41,7 +41,8 @@ def _vitb14_random() -> torch.nn.Module:
 
 def load_backbone(name: str, *, device: str, precision: str, image_size: int = 0
                   ) -> FrozenBackbone:
-    """'tiny' / 'tiny-clip' / 'vitb14-random' / a local Hugging Face directory."""
+    """'tiny' / 'tiny-clip' / 'efficientnet_lite0' / 'vitb14-random' / a local Hugging Face
+    directory."""
     if name != VITB14_RANDOM:
         return FrozenBackbone.load(name, image_size=image_size, device=device,
                                    precision=precision)

@@ -2,7 +2,8 @@
 
 One wrapper holds the frozen contract: eval mode, no gradients, inference mode, the precision
 chosen at load time, and preprocessing (centre crop, resize, normalise) on the inference device.
-Nothing is ever downloaded: weights come from a local directory or are built from a seed.
+Nothing is ever downloaded: weights come from a local directory, are built from a seed, or
+(EfficientNet-Lite0) come from an installed, sha256-checked weights package.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from step_ros.model import efficientnet
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-NORMALISATION = {'dinov2': (IMAGENET_MEAN, IMAGENET_STD), 'clip': (CLIP_MEAN, CLIP_STD)}
+NORMALISATION = {'dinov2': (IMAGENET_MEAN, IMAGENET_STD), 'clip': (CLIP_MEAN, CLIP_STD),
+                 'efficientnet_lite': (efficientnet.MEAN, efficientnet.STD)}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 PREPROCESS_CHUNK = 16  # frames converted to float at a time
 ROW_STRIP = 64  # rows of a large frame converted to float at a time
@@ -37,6 +41,10 @@ TINY = {
 }
 
 
+# Backbones selected by name rather than by a directory.
+BUILTIN = (*TINY, efficientnet.NAME)
+
+
 class BackboneError(RuntimeError):
     """A backbone cannot be loaded as configured; the message says what to do."""
 
@@ -45,8 +53,8 @@ class BackboneError(RuntimeError):
 class BackboneInfo:
     """What a head checkpoint records about the features it was trained on."""
 
-    id: str  # 'tiny', 'tiny-clip' or '<model_type>:<directory name>'
-    family: str  # dinov2 | clip: decides the normalisation
+    id: str  # 'tiny', 'tiny-clip', 'efficientnet_lite0' or '<model_type>:<directory name>'
+    family: str  # dinov2 | clip | efficientnet_lite: decides the normalisation
     embed_dim: int
     patch_size: int
     image_size: int
@@ -163,12 +171,18 @@ class FrozenBackbone(nn.Module):
     @classmethod
     def load(cls, weights: str, *, image_size: int = 0, device: str = 'cpu',
              precision: str = 'fp32') -> FrozenBackbone:
-        """Load 'tiny' / 'tiny-clip' or a local Hugging Face directory, frozen."""
+        """Load 'tiny' / 'tiny-clip' / 'efficientnet_lite0' or a local Hugging Face
+        directory, frozen."""
         if precision not in DTYPES:
             raise BackboneError(f'precision={precision!r}: expected one of {sorted(DTYPES)}')
         torch_device = resolve_device(device)
         if weights in TINY:
             model, family = _build_tiny(weights)
+        elif weights == efficientnet.NAME:
+            try:
+                model, family = efficientnet.build(), 'efficientnet_lite'
+            except efficientnet.WeightsError as exc:
+                raise BackboneError(f'backbone.weights={weights!r}: {exc}') from exc
         else:
             model, family = _load_directory(Path(weights).expanduser())
         config = model.config
@@ -181,7 +195,7 @@ class FrozenBackbone(nn.Module):
             # CLIP's position embeddings are fixed to its training resolution.
             raise BackboneError(f'backbone.image_size={image_size}: this CLIP model only takes '
                                 f'{config.image_size} px')
-        if weights in TINY:
+        if weights in BUILTIN:
             backbone_id = weights
         else:
             backbone_id = f'{config.model_type}:{Path(weights).name}'
@@ -216,6 +230,8 @@ class FrozenBackbone(nn.Module):
     def forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised pixels (B, 3, S, S) -> tokens (B, 1 + N, D)."""
         with torch.inference_mode():
+            if self.info.family == 'efficientnet_lite':
+                return self.model.forward_tokens(pixels)  # (B, 1 + N, D): mean, then cells
             if self.info.family == 'dinov2':
                 hidden = self.model(pixel_values=pixels).last_hidden_state
             else:

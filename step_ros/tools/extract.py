@@ -24,7 +24,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--pairs', type=Path, default=None,
                         help='pairs.yaml (default: pairs.yaml beside the CSV, if any)')
     parser.add_argument('--backbone', default='tiny',
-                        help="'tiny', 'tiny-clip' or a local Hugging Face directory (tiny)")
+                        help="'tiny', 'tiny-clip', 'efficientnet_lite0' (real ImageNet weights, "
+                             'CPU) or a local Hugging Face directory (tiny)')
     parser.add_argument('--image-size', type=int, default=0,
                         help="backbone input side in pixels (0: the model's)")
     parser.add_argument('--frames', type=int, default=8,
