@@ -127,14 +127,37 @@ def test_backwards_stamps_and_gaps_restart_the_window(backbone):
     _run(engine, _frames(T), stamps)
     assert not engine.warming_up
     loop = stamps[0] - 5 * 10**9
-    back = engine.push(_frames(1)[0], loop)  # bag loop: 5 s back
-    assert back.reset and back.sampled and not back.predictions
+    # Bag loop: 5 s back. The first frame back is held until a second one confirms the restart.
+    held = engine.push(_frames(1)[0], loop)
+    assert held.held and not held.reset and not held.sampled and not engine.warming_up
+    back = engine.push(_frames(1)[0], loop + PERIOD_NS)
+    assert back.reset and back.sampled and not back.held and not back.predictions
+    assert back.outlier_ns is None
     assert engine.warming_up and engine.buffered == 1
-    _run(engine, _frames(T - 1), [loop + (i + 1) * PERIOD_NS for i in range(T - 1)])
+    _run(engine, _frames(T - 1), [loop + (i + 2) * PERIOD_NS for i in range(T - 1)])
     assert not engine.warming_up
-    gap = engine.push(_frames(1)[0], loop + 10 * 10**9)  # 10 s later: more than a window
+    gap_ns = loop + 10 * 10**9  # 10 s later: more than a window
+    assert engine.push(_frames(1)[0], gap_ns).held
+    gap = engine.push(_frames(1)[0], gap_ns + PERIOD_NS)
     assert gap.reset and engine.buffered == 1 and not gap.predictions
-    assert engine.stats['resets'] == 2
+    assert engine.stats['resets'] == 2 and engine.stats['outliers'] == 0
+
+
+@pytest.mark.parametrize('glitch', [0, 2_177_452_800 * 10**9, BASE_NS - 50 * 10**9],
+                         ids=['zero', 'year 2038', '50 s back'])
+def test_one_outlying_stamp_is_dropped_not_a_restart(backbone, glitch):
+    engine = _engine(backbone)
+    stamps = [BASE_NS + i * PERIOD_NS for i in range(T + 3)]
+    results = _run(engine, _frames(T), stamps[:T])
+    results.append(engine.push(_frames(1)[0], glitch))
+    results += _run(engine, _frames(3), stamps[T:])
+    assert not any(r.reset for r in results), [i for i, r in enumerate(results) if r.reset]
+    assert results[T].held and not results[T].sampled
+    assert results[T + 1].outlier_ns == glitch and results[T + 1].sampled
+    assert [len(r.predictions) for r in results[T + 1:]] == [1, 1, 1]
+    assert engine.stats['outliers'] == 1 and engine.stats['resets'] == 0
+    # The window after the outlier is the one the stream would have had without it.
+    assert results[-1].predictions[0].window_start_ns == stamps[3]
 
 
 def test_infer_every_k_sampled_frames(backbone):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from step_ros.benchmark import incremental
+
 
 def _ms(stats: dict | None, key: str) -> str:
     value = None if stats is None else stats.get(key)
@@ -118,6 +120,8 @@ def render(result: dict) -> str:
             lines += [f"Target p99 < {target['p99_ms']} ms per new frame: "
                       f"{'met' if target['met'] else 'NOT met'} "
                       f"(p99 {target['measured_p99_ms']:.2f} ms).", '']
+    if 'incremental_head' in result:
+        lines += [*incremental.render(result['incremental_head']), '']
     mem = result['memory']
     lines.append(f"Peak process RSS (VmHWM): {_num(mem['peak_rss_mib'], '.0f')} MiB; "
                  f"ru_maxrss {_num(mem['ru_maxrss_mib'], '.0f')} MiB.")

@@ -17,6 +17,7 @@ from torch import nn
 
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import CheckpointError, HeadMeta
+from step_ros.model.incremental import IncrementalStep, exact
 
 # Stamps at most this far behind the newest one are transport reordering (or a raw and a
 # compressed copy of one stream): the late frame is skipped. Further back is a restart (bag loop,
@@ -71,6 +72,8 @@ class StepResult:
 
     sampled: bool
     reset: bool = False  # the buffer was cleared (stamp went back, or a gap)
+    held: bool = False  # off the time line: kept back until the next frame confirms a restart
+    outlier_ns: int | None = None  # stamp of a held frame this one showed to be a lone outlier
     predictions: list[Prediction] = field(default_factory=list)
     frame: np.ndarray | None = None  # the decoded RGB frame, when sampled
     error: Exception | None = None  # push_many: the frame's decode raised this (not offered)
@@ -80,7 +83,11 @@ class StampSampler:
     """Keeps one frame per period of header time, on a fixed grid, whatever the arrival rate.
 
     Stamps that go backwards by more than MAX_DISORDER_NS (bag loop, simulator reset) or leave a
-    gap longer than `max_gap_ns` start a new sequence; the caller clears its buffer then. A frame
+    gap longer than `max_gap_ns` start a new sequence; the caller clears its buffer then. Such a
+    break needs confirmation: the first frame off the time line is held back, and only a second
+    one off the old line, not before the held one, restarts the sequence (with that second
+    frame). When the next frame is back on the old line instead, the held one was a lone outlier
+    (a glitched stamp): it is dropped (`dropped_outlier_ns`) and the sequence goes on. A frame
     slightly older than the newest one seen is late, not a restart: it is skipped.
     """
 
@@ -95,20 +102,30 @@ class StampSampler:
         self.last_seen: int | None = None
         self.last_kept: int | None = None
         self.next_due = 0
+        self.held: int | None = None  # a frame off the time line, awaiting confirmation
+        self.dropped_outlier_ns: int | None = None  # set by the offer that dropped one
 
     def state(self) -> tuple:
-        return self.last_seen, self.last_kept, self.next_due
+        return self.last_seen, self.last_kept, self.next_due, self.held, self.dropped_outlier_ns
 
     def restore(self, state: tuple) -> None:
-        self.last_seen, self.last_kept, self.next_due = state
+        self.last_seen, self.last_kept, self.next_due, self.held, self.dropped_outlier_ns = state
 
     def offer(self, stamp_ns: int) -> tuple[bool, bool]:
         """-> (keep this frame, the sequence restarted with it)."""
+        held, self.held, self.dropped_outlier_ns = self.held, None, None
+        breaks = self.last_seen is not None and (
+            stamp_ns < self.last_seen - MAX_DISORDER_NS
+            or stamp_ns - self.last_kept > self.max_gap_ns)
+        restart = breaks and held is not None and stamp_ns >= held - MAX_DISORDER_NS
+        if not restart:
+            self.dropped_outlier_ns = held
+            if breaks:
+                self.held = stamp_ns
+                return False, False
         if self.last_seen is not None and self.last_seen - MAX_DISORDER_NS <= stamp_ns \
                 < self.last_seen:
             return False, False  # late: the window already moved past it
-        restart = self.last_seen is not None and (
-            stamp_ns < self.last_seen or stamp_ns - self.last_kept > self.max_gap_ns)
         if restart:
             self.reset()
         if self.last_seen is None:
@@ -205,6 +222,8 @@ class Stream:
                                     max_gap_ns=int(config.window_seconds * 1e9))
         self.ring = FeatureRing(capacity=config.num_frames, tokens=tokens, dim=dim,
                                 device=device, dtype=dtype)
+        # Per head computed incrementally: its patch projections (T, N, 3D), in the ring's slots.
+        self.projected: list[torch.Tensor | None] = []
         self.sampled_since_full = 0
 
     def reset(self) -> None:
@@ -241,9 +260,18 @@ class StreamingEngine:
                                      dim=backbone.info.embed_dim, device=backbone.device,
                                      dtype=backbone.dtype)
                         for name in streams}
+        # Exact STEP heads run incrementally: each frame projected once, attention per window.
+        self.incremental = [IncrementalStep(h.module) if exact(h.module) else None
+                            for h in heads]
+        for stream in self.streams.values():
+            stream.projected = [
+                None if inc is None else torch.zeros(
+                    config.num_frames, backbone.tokens_per_frame - 1,
+                    3 * backbone.info.embed_dim, device=backbone.device, dtype=inc.dtype)
+                for inc in self.incremental]
         self.default_stream = streams[0]
         self.stats = dict(frames=0, sampled=0, backbone_frames=0, predictions=0, resets=0,
-                          non_finite=0, backbone_batches=0)
+                          non_finite=0, backbone_batches=0, outliers=0)
 
     # The first stream's state, for the single-camera users (node, bag-eval, demo, tests).
     @property
@@ -265,6 +293,13 @@ class StreamingEngine:
     def reset(self) -> None:
         for stream in self.streams.values():
             stream.reset()
+
+    def end_stream(self, stream: str) -> int | None:
+        """A camera stopped sending: clear its window; -> the stamp of its newest frame, or None
+        when it had no frame since it last (re)started. Its next frame starts a new window."""
+        last = self.streams[stream].sampler.last_seen
+        self.streams[stream].reset()
+        return last
 
     def due(self, stream: str, stamp_ns: int) -> bool:
         """Whether `stream`'s sampler would keep a frame of this stamp (nothing changes)."""
@@ -324,7 +359,10 @@ class StreamingEngine:
                 stream.ring.clear()
                 stream.sampled_since_full = 0
                 self.stats['resets'] += 1
-            result = StepResult(sampled=keep, reset=restart, frame=frame if keep else None)
+            outlier = stream.sampler.dropped_outlier_ns
+            self.stats['outliers'] += outlier is not None
+            result = StepResult(sampled=keep, reset=restart, frame=frame if keep else None,
+                                held=stream.sampler.held is not None, outlier_ns=outlier)
             results.append(result)
             if keep:
                 kept.append((stream, offer, frame, result))
@@ -344,8 +382,14 @@ class StreamingEngine:
         t2 = self._sync()
         self.stats['backbone_frames'] += len(kept)
         self.stats['backbone_batches'] += 1
+        projected = [None if inc is None else inc.project(tokens)  # (B, N, 3D) per head
+                     for inc in self.incremental]
+        t3 = self._sync()
         due = []
         for i, (stream, offer, _, result) in enumerate(kept):
+            for ring, frames in zip(stream.projected, projected):
+                if frames is not None:
+                    ring[stream.ring.next].copy_(frames[i])  # the slot the tokens go to
             stream.ring.append(tokens[i], offer.stamp_ns)
             if not stream.ring.full:
                 continue
@@ -353,7 +397,7 @@ class StreamingEngine:
             if (stream.sampled_since_full - 1) % self.config.infer_every == 0:
                 due.append((stream, offer, result))
         if due:
-            timings = dict(preprocess=t1 - t0, backbone=t2 - t1)
+            timings = dict(preprocess=t1 - t0, backbone=t2 - t1, project=t3 - t2)
             predictions = self._predict([stream for stream, _, _ in due],
                                         stamps_ns=[offer.stamp_ns for _, offer, _ in due],
                                         received_ns=[now_ns if offer.received_ns is None
@@ -376,15 +420,23 @@ class StreamingEngine:
         """Every head over the full rings of `streams`, as one batch: per stream, per head."""
         timings = dict(timings or {})
         t0 = self._sync()
-        if len(streams) == 1:
-            window = streams[0].ring.window()[None]  # (1, T, 1 + N, D), no copy when aligned
-        else:
-            window = torch.stack([stream.ring.window() for stream in streams])  # (B, T, ...)
-        if self.config.order_check:
-            window = torch.cat([window, window.flip(1)])  # (2B, T, 1 + N, D): + reversed
+        reverse = self.config.order_check
+        window = None
+        if not all(self.incremental):  # some head runs whole, over the raw tokens
+            if len(streams) == 1:
+                window = streams[0].ring.window()[None]  # (1, T, 1 + N, D), no copy if aligned
+            else:
+                window = torch.stack([stream.ring.window() for stream in streams])  # (B, T, ..)
+            if reverse:
+                window = torch.cat([window, window.flip(1)])  # (2B, T, 1 + N, D): + reversed
         with torch.inference_mode():
-            probs = [(h.module(window).float() / h.temperature).softmax(dim=-1)
-                     for h in self.heads]
+            # The ring's next slot holds its oldest frame; rows as the window's (+ reversed).
+            logits = [h.module(window) if inc is None else
+                      inc.predict([(s.projected[j], s.ring.next) for s in streams],
+                                  reverse=reverse)
+                      for j, (h, inc) in enumerate(zip(self.heads, self.incremental))]
+            probs = [(z.float() / h.temperature).softmax(dim=-1)
+                     for h, z in zip(self.heads, logits)]
         probs = [p.cpu().numpy() for p in probs]  # the one host sync per batch
         for head, p in zip(self.heads, probs):
             if not np.isfinite(p).all():  # never hand a NaN confidence to a planner
@@ -401,7 +453,8 @@ class StreamingEngine:
                                      received_ns[b])
                         for head, p in zip(self.heads, probs)])
         t2 = time.perf_counter()
-        timings.update(head=t1 - t0, post=t2 - t1)
+        # head: the new frames' projections (incremental heads) and the heads over the windows
+        timings.update(head=timings.pop('project', 0.0) + t1 - t0, post=t2 - t1)
         self.stats['predictions'] += batch
         return [[_with_timings(p, timings) for p in per_stream] for per_stream in out]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from step_ros.benchmark import runs
+from step_ros.benchmark import incremental, runs
 from step_ros.benchmark.measure import Clock, machine, memory
 from step_ros.benchmark.report import render
 from step_ros.benchmark.subjects import VITB14_RANDOM, Frames, load_backbone, make_head
@@ -40,8 +40,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--out', type=Path, default=Path('out/bench'),
                         help='directory for bench.json and bench.md (default: out/bench)')
     parser.add_argument('--backbone', default='tiny',
-                        help="comma-separated: 'tiny', 'tiny-clip', 'vitb14-random' (DINOv2 "
-                             'ViT-B/14 shape, random weights) or a local Hugging Face directory')
+                        help="comma-separated: 'none', 'tiny', 'tiny-clip', 'efficientnet_lite0', "
+                             "'vitb14-random' (DINOv2 ViT-B/14 shape, random weights) or a local "
+                             'Hugging Face directory')
     parser.add_argument('--image-size', type=int, default=0,
                         help="input side in px (0: the backbone's own; 224 for vitb14-random)")
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -61,6 +62,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              'fewer threads avoid OpenMP stalls')
     parser.add_argument('--compile', action='store_true',
                         help='add a torch.compile row (backbone and head)')
+    parser.add_argument('--incremental-head', action='store_true',
+                        help="add the section comparing the engine's incremental STEP head "
+                             'with the whole head at the EfficientNet-Lite0 (D=1280, N=49) and '
+                             'ViT-B/14 (D=768, N=256) shapes, head only, on the CPU; with '
+                             '--backbone none it runs alone')
+    parser.add_argument('--incremental-frames', default='8,16',
+                        help='T values of the incremental head section (default 8,16)')
     return parser
 
 
@@ -179,7 +187,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print('bench: --precision fp16 alone cannot run on a CPU; add fp32 or bf16',
               file=sys.stderr)
         return 2
-    backbones = _csv(args.backbone)
+    backbones = [] if args.backbone == 'none' else _csv(args.backbone)
+    try:
+        head_frames = [int(t) for t in _csv(args.incremental_frames)]
+    except ValueError:
+        head_frames = []
+    if not head_frames or min(head_frames) < 2:
+        print(f'bench: --incremental-frames {args.incremental_frames!r}: expected '
+              'comma-separated integers >= 2', file=sys.stderr)
+        return 2
+    if not backbones and not args.incremental_head:
+        print('bench: --backbone none leaves nothing to run without --incremental-head',
+              file=sys.stderr)
+        return 2
     if args.quick and backbones != ['tiny']:
         print(f'bench: --quick runs the tiny backbone only (not {args.backbone!r})',
               file=sys.stderr)
@@ -199,11 +219,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                              precisions=precisions, frames=args.frames,
                                              cameras=args.cameras, budget=vars(budget),
                                              threads=torch.get_num_threads(),
-                                             compile=args.compile),
+                                             compile=args.compile,
+                                             incremental_head=args.incremental_head),
                   backbones=[])
     started = time.perf_counter()
     clock = Clock(device)
-    with tqdm(total=5 * len(backbones), desc='bench', unit='section') as progress:
+    sections = 5 * len(backbones) + args.incremental_head
+    with tqdm(total=sections, desc='bench', unit='section') as progress:
         for name in backbones:
             try:
                 result['backbones'].append(bench_backbone(
@@ -212,6 +234,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             except BackboneError as exc:
                 print(f'bench: --backbone {name!r}: {exc}', file=sys.stderr)
                 return 2
+        if args.incremental_head:
+            result['incremental_head'] = incremental.run(
+                head_frames, budget=budget, clock=Clock(torch.device('cpu')), progress=progress)
+            progress.update()
     result['memory'] = memory(device)
     result['wall_s'] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
