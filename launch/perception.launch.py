@@ -4,17 +4,30 @@
     ros2 launch step_ros perception.launch.py cameras:=[front,wrist]  # front/image, wrist/image
     ros2 launch step_ros perception.launch.py params_file:=/path/demo.yaml device:=cpu
     ros2 launch step_ros perception.launch.py autostart:=false  # then: ros2 lifecycle set ...
+
+A node that exits with an error (a bad parameter: its FATAL line says which) ends the launch,
+with that line as the shutdown reason and exit code 1.
 """
 
+import re
 from pathlib import Path
 
 import yaml
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import (
+    DeclareLaunchArgument,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    Shutdown,
+)
+from launch.event_handlers import OnProcessExit, OnProcessIO
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
 
 def _perception_node(context: LaunchContext) -> list[Node]:
@@ -30,10 +43,40 @@ def _perception_node(context: LaunchContext) -> list[Node]:
         parameters.append({'autostart': arg('autostart').lower() in ('true', '1')})
     if arg('cameras'):
         parameters.append({'cameras': _camera_list(arg('cameras'))})
-    return [Node(package='step_ros', executable='perception_node', name='perception_node',
-                 namespace=arg('namespace'), output='screen', emulate_tty=True,
-                 parameters=parameters,
-                 remappings=[('image', camera), ('image/compressed', f'{camera}/compressed')])]
+    node = Node(package='step_ros', executable='perception_node', name='perception_node',
+                namespace=arg('namespace'), output='screen', emulate_tty=True,
+                parameters=parameters,
+                remappings=[('image', camera), ('image/compressed', f'{camera}/compressed')])
+    return [node, *_end_with(node)]
+
+
+def _end_with(node: Node) -> list:
+    """Event handlers that end the launch when the node exits with an error (a bad parameter,
+    a missing head: its FATAL line says why), naming that line as the shutdown reason."""
+    fatal: list[str] = []  # the node's FATAL lines, without colours
+
+    def on_output(event) -> None:
+        for line in event.text.decode(errors='replace').splitlines():
+            if 'FATAL' in line:
+                fatal.append(ANSI.sub('', line).strip())
+
+    def on_exit(event, context: LaunchContext) -> list | None:
+        if event.returncode == 0 or context.is_shutdown:  # done, or stopped by the launch
+            return None
+        why = fatal[-1] if fatal else 'no FATAL line (see its output above)'
+        reason = f'perception_node exited with code {event.returncode}: {why}'
+        # Shutdown ends the launch with exit code 0; the failing action after it makes
+        # `ros2 launch` exit with 1 (launch's only way to a non-zero exit code).
+        return [LogInfo(msg=f'shutting down: {reason}'), Shutdown(reason=reason),
+                OpaqueFunction(function=_fail, args=[event.returncode])]
+
+    return [RegisterEventHandler(OnProcessIO(target_action=node, on_stdout=on_output,
+                                             on_stderr=on_output)),
+            RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
+
+
+def _fail(_context: LaunchContext, code: int) -> None:
+    raise RuntimeError(f'perception_node failed (exit code {code})')
 
 
 def _camera_list(text: str) -> list[str]:

@@ -17,9 +17,24 @@ COMMANDS = {
     'replay': ('step_ros.ros.replay', "publish a bag's images with rclpy (with /clock)"),
     'bench': ('step_ros.tools.bench', 'performance harness: streaming vs naive, latency, memory'),
     'bench-dist': ('step_ros.tools.bench_dist', 'extraction throughput, 1 rank vs N ranks'),
-    'bench-ros': ('step_ros.ros.bench_client', 'end-to-end ROS bench (e2e / flood) of a node'),
+    'bench-ros': ('step_ros.ros.bench_client',
+                  'end-to-end ROS bench (e2e / flood / multicam) of a node'),
     'demo': ('step_ros.ros.demo', 'run the node on a built-in synthetic camera and print actions'),
 }
+# Commands that run rclpy and the step_ros_msgs messages of the built workspace.
+ROS_COMMANDS = ('replay', 'bench-ros', 'demo')
+SOURCE_HINT = ('source install/setup.bash first (or run it through scripts/run: '
+               '`scripts/run python -m step_ros {name} ...`; the demo: `make demo`)')
+
+
+def ros_missing() -> str | None:
+    """Why rclpy or the step_ros_msgs messages cannot be imported; None when they can."""
+    try:
+        import rclpy  # noqa: F401
+        from step_ros_msgs.msg import HumanAction  # noqa: F401
+    except Exception as exc:  # ImportError, or a shared library rclpy cannot load
+        return f'{type(exc).__name__}: {exc}'.splitlines()[0]
+    return None
 
 
 def usage() -> str:
@@ -38,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f'step_ros: unknown command {name!r}\n\n{usage()}', file=sys.stderr)
         return 2
+    if name in ROS_COMMANDS:
+        missing = ros_missing()
+        if missing is not None:
+            print(f'step_ros {name}: needs ROS 2 ({missing}): '
+                  + SOURCE_HINT.format(name=name), file=sys.stderr)
+            return 2
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest, prog=f'python -m step_ros {name}')
 

@@ -5,15 +5,17 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
 pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
 
-from node_helpers import REPO, ros_env  # noqa: E402
+from node_helpers import REPO, ros_env, write_params  # noqa: E402
 
 from step_ros.data.synth import ACTIONS  # noqa: E402
+from step_ros.stream.config import load_params_file  # noqa: E402
 
 DEMO_TIMEOUT_S = 240
 
@@ -65,6 +67,19 @@ def test_demo_prints_decisions_events_and_stream_metrics():
         assert re.search(rf'demo: +{name}: accuracy \d+\.\d%, label changes \d+\.\d+ per '
                          r'minute, edit score \d+\.\d, F1@0\.1/0\.25/0\.5 ', out), out
     assert re.search(r'demo:  events: \d+ STARTs for \d+ actions: precision ', out), out
+    # The summary says what raw and decided are and what its accuracy counts.
+    assert re.search(r'demo:   raw = the label of each window as published .*; decided = the '
+                     r'state a planner acts on', out), out
+    assert re.search(rf'demo:   accuracy = share of the {results.group(1)} results whose label '
+                     r"is the action shown at the result's stamp", out), out
+    # A START line shows the action it starts: the true segment that began nearest its onset.
+    starts = re.findall(r' START (\w+) .* true: (\w+) shown (\d+\.\d+)-(\d+\.\d+) s$', out, re.M)
+    assert len(starts) == sum(kind == 'START' for _, kind, _, _ in events), out
+    same = sum(label == true for label, true, _, _ in starts)
+    assert same >= 0.8 * len(starts), f'{same}/{len(starts)} STARTs show their own action:\n{out}'
+    # Its node log is gone once the demo ended well.
+    log = re.search(r'node log: (\S+) \(removed at the end unless the demo fails\)', out)
+    assert log and not Path(log.group(1)).exists(), out
     assert re.search(r'demo:  stamps: onset estimates (n/a|[+-]\d\.\d\d) s from the true '
                      r'onset \(p50; p10 ', out), out
     overall = re.search(r'raw agreement overall \(full windows\): (\d+)/(\d+) = ', out)
@@ -75,6 +90,22 @@ def test_demo_prints_decisions_events_and_stream_metrics():
     if pairs:
         hits, total = map(int, pairs.groups())
         assert hits >= 0.5 * total, f'symmetric pairs agreement {hits}/{total}:\n{out}'
+
+
+def test_demo_whose_node_fails_keeps_and_names_its_log(tmp_path):
+    """A node that cannot start (a head file that is no checkpoint): the demo fails, and the
+    node log it names, with the node's reason in it, is still there."""
+    head = tmp_path / 'not_a_head.safetensors'
+    head.write_bytes(b'not a checkpoint')
+    values = load_params_file(REPO / 'config' / 'demo.yaml')
+    params = write_params(tmp_path / 'params.yaml', {**values, 'heads.checkpoints': [str(head)]})
+    code, out, err = _run_demo(['--params-file', str(params), '--seconds', '5'])
+    assert code == 1, out + err
+    kept = re.search(r'^demo: failed \(exit code 1\); the node log is kept: (\S+)$', err, re.M)
+    assert kept, out + err
+    log = Path(kept.group(1))
+    assert log.is_file() and 'not_a_head.safetensors' in log.read_text(), out + err
+    log.unlink()
 
 
 def test_demo_stops_its_node_when_terminated(tmp_path):

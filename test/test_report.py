@@ -76,3 +76,12 @@ def test_costs_st_adapter_pays_for_every_frame_and_one_pass_serves_all_tasks(qui
         per_task = multitask[f'{name}: one pass per task']
         # two tasks: one frozen pass beats two adapted passes per clip at the ViT-B/14 shape
         assert shared['vitb']['gflops_clip'] < per_task['vitb']['gflops_clip'], (name, shared)
+
+
+def test_quick_report_lists_the_checks_it_cannot_meet(quick):
+    out, summary = quick
+    unmet = summary['quick_cannot_meet']
+    assert unmet and set(unmet) < set(summary['checks']), (unmet, summary['checks'])
+    assert any(c.startswith('STEP symmetric accuracy') for c in unmet), unmet
+    text = (out / 'report.md').read_text()
+    assert '## Checks --quick cannot meet' in text and f'- {unmet[0]}' in text, text

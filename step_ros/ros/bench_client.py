@@ -46,9 +46,11 @@ MODES = {  # mode -> (rate Hz, width, height, seconds)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument('mode', choices=sorted(MODES),
-                        help='e2e | flood; `multicam --help`: K cameras, one node vs K nodes')
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('mode', choices=sorted(MODES), metavar='{e2e,flood,multicam}',
+                        help='e2e | flood (the flags below); multicam has flags of its own: '
+                             '`multicam --help`')
     parser.add_argument('--rate', type=float, help='publish rate in Hz (e2e 30, flood 100)')
     parser.add_argument('--width', type=int, help='frame width (e2e 640, flood 1920)')
     parser.add_argument('--height', type=int, help='frame height (e2e 480, flood 1080)')

@@ -79,6 +79,13 @@ class Scoreboard:
                 return label
         return self.background or ''
 
+    def started(self, onset: float, decided: float) -> tuple[float, float, str] | None:
+        """The true action a START (onset estimate `onset`, decided at `decided`) begins: of the
+        actions shown between the two, the one that began nearest the onset; None if none."""
+        shown = [(start, end, label) for start, end, label in self.stream.segments()
+                 if label != self.background and start <= decided and end > onset]
+        return min(shown, key=lambda s: abs(s[0] - onset), default=None)
+
     def true_since(self, t: float) -> float | None:
         for start, end, _ in reversed(self.stream.segments()):
             if start <= t < end:
@@ -111,8 +118,10 @@ class Scoreboard:
             self.events.append((msg.kind, msg.label, t, decided))
             self.event_messages.append(msg)
         if msg.kind == 'start':
-            since = self.true_since(t)
-            true = self.truth(t) + (f' since {since:.2f} s' if since is not None else '')
+            segment = self.started(t, decided)
+            true = (f'{segment[2]} shown {segment[0]:.2f}-{segment[1]:.2f} s' if segment
+                    else f'{self.background or "no action"} (no action shown from onset to '
+                         'decision)')
             return (f'{decided:7.2f} s  START {msg.label:<13} onset {t:6.2f} s  '
                     f'p={msg.confidence:.2f}  true: {true}')
         duration = msg.duration.sec + msg.duration.nanosec * 1e-9
@@ -184,7 +193,12 @@ def stream_summary(board: Scoreboard, messages: list, event_messages: list) -> l
 
     lines = [f'stream metrics over {number(stream["minutes"] * 60, ".1f")} s (as bag-eval '
              f'computes them): true label changes {number(stream["true_changes_per_min"])} '
-             'per minute']
+             'per minute',
+             '  raw = the label of each window as published (its top-1); decided = the state a '
+             'planner acts on (the active action, else background), which waits for agreement '
+             'over windows, so it lags the raw label and changes less often',
+             f'  accuracy = share of the {len(records)} results whose label is the action shown '
+             "at the result's stamp (its newest frame; idle gaps count as background)"]
     for name in ('raw', 'decided'):
         block = stream[name]
         f1 = '/'.join(number(v) for v in block['f1_at_iou'].values())
@@ -244,15 +258,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     with tempfile.NamedTemporaryFile('w+', prefix='perception_node_', suffix='.log',
                                      delete=False) as log:
-        print(f'demo: ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, node log: {log.name}')
+        print(f'demo: ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]}, node log: {log.name} '
+              '(removed at the end unless the demo fails)')
         # SIGTERM (a supervisor, a test timeout) ends the demo like Ctrl-C: through the
         # `finally` below, which stops the node instead of leaving it running.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         process = _start_node(params_file, '/demo/camera/image_raw', log)
+        code = 1
         try:
-            return _run(args, config, process, Path(log.name))
+            code = _run(args, config, process, Path(log.name))
+            return code
         finally:
             _stop(process)
+            if code in (0, 130):  # done, or stopped by Ctrl-C / SIGTERM
+                Path(log.name).unlink(missing_ok=True)
+            else:
+                print(f'demo: failed (exit code {code}); the node log is kept: {log.name}',
+                      file=sys.stderr)
 
 
 def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:

@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 
 from step_ros.benchmark.measure import cpu_model
 from step_ros.data.features import extract, read_clip_list, read_frames
+from step_ros.data.synth import ACTIONS
 from step_ros.distributed import session
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.tools import synth as synth_cli
@@ -37,7 +38,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help='clip list CSV (default: a synthetic dataset written to a '
                              'temporary directory)')
     parser.add_argument('--per-class', type=int, default=12,
-                        help='synthetic clips per class without --clips (12: 96 clips)')
+                        help='synthetic clips per class without --clips (12: '
+                             f'{12 * (len(ACTIONS) + 1)} clips, {len(ACTIONS)} actions and the '
+                             'background class)')
     parser.add_argument('--ranks', type=int, default=2, help='N of the distributed run (2)')
     parser.add_argument('--frames', type=int, default=8, help='T: frames per clip (8)')
     parser.add_argument('--backbone', default='tiny', help='backbone of extract (tiny)')

@@ -26,6 +26,10 @@ TIMELINE_NAME = 'timeline.csv'
 # ROS reads as 'time not set' under use_sim_time.
 START_NS = 1_700_000_000_000_000_000
 IDLE_SECONDS = (0.5, 4.0)
+# Bag size per frame pixel: rgb8 before the zstd chunks (which keep about 60-90 % of it on this
+# stream), and JPEG at the writer's quality (measured on this stream at 240x320).
+RGB8_BYTES_PER_PIXEL = 3
+JPEG_BYTES_PER_PIXEL = 0.25
 
 
 def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +39,11 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
                        help='write an mcap rosbag2 of the synthetic camera stream to this new '
                             'directory (with timeline.csv inside) instead of the clip dataset; '
                             'frames are 240x320 (the demo camera) unless --size is given')
-    group.add_argument('--seconds', type=float, default=12.0, help='bag length (12 s)')
+    group.add_argument('--seconds', type=float, default=12.0,
+                       help='bag length (12 s). Size: seconds x fps x H x W x 3 bytes of rgb8 '
+                            'before zstd, about 60-90 %% of it on disk (12 s of 240x320 at 30 '
+                            f'fps: {estimated_bytes(12, 30, DEFAULT_SIZE, False) / 1e6:.0f} MB); '
+                            'about a twelfth of that with --compressed')
     group.add_argument('--topic', default=None,
                        help='image topic (/camera/image_raw, or /camera/image_raw/compressed '
                             'with --compressed)')
@@ -47,6 +55,12 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
                             'uniformly in [SHORTEST, LONGEST] seconds (0.5 4; 0 0: no gaps)')
     group.add_argument('--compressed', action='store_true',
                        help='JPEG sensor_msgs/CompressedImage instead of rgb8 Image')
+
+
+def estimated_bytes(seconds: float, fps: float, size: tuple[int, int], compressed: bool) -> int:
+    """The image payload of a synth bag: rgb8 before zstd (an upper bound), or about JPEG's."""
+    per_pixel = JPEG_BYTES_PER_PIXEL if compressed else RGB8_BYTES_PER_PIXEL
+    return int(round(seconds * fps)) * round(size[0] * size[1] * per_pixel)
 
 
 def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: float = 30.0,
@@ -110,4 +124,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 2
     print(f'synth: wrote {bag} ({topic}, {size[0]}x{size[1]}, {args.seconds:g} s at '
           f'{args.fps:g} fps) and {timeline}')
+    written = sum(f.stat().st_size for f in Path(bag).rglob('*') if f.is_file())
+    estimate = estimated_bytes(args.seconds, args.fps, size, args.compressed)
+    kind = 'JPEG, estimated' if args.compressed else 'rgb8 before zstd'
+    print(f'synth: {written} bytes ({written / 1e6:.1f} MB) written; image payload '
+          f'{estimate / 1e6:.1f} MB ({kind})')
     return 0
