@@ -23,14 +23,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from step_ros.data.names import safe_name
 from step_ros.stream.decision import DecisionConfig
 from step_ros.tools import bag_score, bag_sweep
 
 
 def recording_names(bags: list[Path]) -> list[str]:
-    """A distinct output folder name per bag: its file name, numbered where two collide."""
-    names = [bag.name.removesuffix('.bag') or 'bag' for bag in bags]
+    """A distinct output folder name per bag: its file name, numbered where two collide.
+
+    The name is that of the bag's absolute path (`..` names the parent folder), and `bag`
+    where that is no usable folder name; every name is one folder inside OUT.
+    """
+    names = [_folder(Path(os.path.abspath(bag)).name.removesuffix('.bag')) for bag in bags]
     return [f'{i:02d}_{name}' if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def _folder(name: str) -> str:
+    try:
+        return safe_name(name, what='recording')
+    except ValueError:
+        return 'bag'
 
 
 def _limit_threads(threads: int) -> None:
