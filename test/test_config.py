@@ -1,5 +1,6 @@
 """config/*.yaml against the parameter table, and bad values named in the error."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,126 @@ def test_bad_decision_value_is_one_line_naming_it(valid, name, value):
     message = str(info.value)
     assert f'{name}={value!r}' in message or f'{name}={value}' in message, message
     assert '\n' not in message
+
+
+@pytest.mark.parametrize('name, value', [
+    ('num_frames', True), ('top_k', False), ('max_image_pixels', 1.0),  # bool / float for int
+    ('window_seconds', True), ('window_seconds', '2.0'),  # bool / string for float
+    ('decision.enter_threshold', True), ('decision.smoothing_seconds', '0.5'),
+    ('device', 1), ('backbone.weights', 5), ('precision', None),  # not a string
+    ('debug_image', 1), ('order_check', 'true'),  # int / string for bool
+    ('cameras', 'front'), ('heads.topics', ['human_action', 3]), ('symmetric_pairs', [None]),
+    ('heads.checkpoints', {'a': 1}),  # not a list of strings
+])
+def test_a_value_of_the_wrong_type_is_refused_with_the_types(valid, name, value):
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params({**valid, name: value})
+    message = str(info.value)
+    assert message.startswith(f'{name}={value!r}: expected '), message
+
+
+@pytest.mark.parametrize('name, value, rule', [
+    ('decision.smoothing_seconds', 1e300, '[0, 60] seconds'),
+    ('decision.min_dwell_seconds', 61.0, '[0, 60] seconds'),
+    ('decision.enter_threshold', 1.0, '[0, 1)'),
+    ('decision.exit_threshold', 1.0, '[0, 1)'),
+    ('decision.min_confidence', 1.0, '[0, 1)'),
+])
+def test_decision_values_that_cannot_work_are_refused(valid, name, value, rule):
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params({**valid, name: value})
+    message = str(info.value)
+    assert message.startswith(f'{name}={value}: must be in {rule}'), message
+    assert '\n' not in message
+
+
+def test_the_decision_bounds_themselves_are_accepted(valid):
+    config = PerceptionConfig.from_params({
+        **valid, 'decision.smoothing_seconds': 60.0, 'decision.min_dwell_seconds': 60,
+        'decision.enter_threshold': 0.999, 'decision.exit_threshold': 0.0,
+        'decision.min_confidence': 0.999})
+    assert config.decision.smoothing_seconds == 60.0 and config.decision.enter_threshold == 0.999
+
+
+@pytest.mark.parametrize('name, value', [
+    ('backbone.weights', 'tiny-clip'), ('backbone.image_size', 56), ('device', 'auto'),
+    ('precision', 'bf16'), ('heads.topics', ['actions']), ('num_frames', 8),
+    ('window_seconds', 3.0), ('infer_every', 2), ('top_k', 2), ('ambiguity_margin', 0.3),
+    ('order_check', True), ('symmetric_pairs', ['a:b']), ('image_qos', 'reliable'),
+    ('subscribe_compressed', True), ('debug_image', True), ('diagnostics_period', 2.0),
+    ('max_image_pixels', 1000), ('worker_timeout', 5.0), ('input_timeout_seconds', 5.0),
+    ('cameras', ['front']),
+    ('batch_timeout_ms', 20.0), ('input_timeout_seconds', 1.0),
+    ('decision.smoothing_seconds', 1.0),
+    ('decision.enter_threshold', 0.6), ('decision.exit_threshold', 0.3),
+    ('decision.min_dwell_seconds', 0.5), ('decision.min_confidence', 0.1),
+])
+def test_every_parameter_reaches_the_config(valid, name, value):
+    """Each node parameter (autostart aside: main() reads it) changes what the node runs."""
+    base = PerceptionConfig.from_params(valid)
+    config = PerceptionConfig.from_params({**valid, name: value})
+    changed = [f.name for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(base, f.name)]
+    assert changed, f'{name}={value!r} changes nothing in the config'
+
+
+def test_every_parameter_is_covered_by_the_reach_test():
+    names = {args[0] for args in test_every_parameter_reaches_the_config.pytestmark[0].args[1]}
+    assert names | {'heads.checkpoints', 'autostart'} == set(DEFAULTS), \
+        sorted(set(DEFAULTS) - names)
+
+
+def test_live_parameters_are_retuned_by_the_same_rules(valid):
+    from step_ros.stream.config import LIVE_PARAMETERS, describe
+
+    config = PerceptionConfig.from_params(valid)
+    tuned = config.retuned({'top_k': 2, 'ambiguity_margin': 0, 'decision.enter_threshold': 0.7})
+    assert (tuned.engine.top_k, tuned.engine.ambiguity_margin) == (2, 0.0)
+    assert tuned.decision.enter_threshold == 0.7 and tuned.engine.num_frames == 16
+    assert config.engine.top_k == 5, 'retuned changed the original'
+    for changes in ({'decision.enter_threshold': 1.0}, {'top_k': 0}, {'top_k': True},
+                    {'ambiguity_margin': 2.0}, {'decision.exit_threshold': 0.9}):
+        name, value = next(iter(changes.items()))
+        with pytest.raises(ConfigError) as retuned:
+            config.retuned(changes)
+        with pytest.raises(ConfigError) as configured:
+            PerceptionConfig.from_params({**valid, **changes})
+        assert str(retuned.value) == str(configured.value), changes
+        assert f'{name}={value!r}' in str(retuned.value) or f'{name}={value}' in \
+            str(retuned.value), retuned.value
+    with pytest.raises(ConfigError, match='^num_frames needs a restart: deactivate, cleanup, '
+                                          'configure'):
+        config.retuned({'num_frames': 8})
+    assert LIVE_PARAMETERS == {'top_k', 'ambiguity_margin', 'decision.smoothing_seconds',
+                               'decision.enter_threshold', 'decision.exit_threshold',
+                               'decision.min_dwell_seconds', 'decision.min_confidence'}
+    described = {p.name: describe(p) for p in PARAMETERS}
+    assert all(('Live:' in text) == (name in LIVE_PARAMETERS)
+               for name, text in described.items()), described
+    assert 'needs a restart: deactivate, cleanup, configure' in described['num_frames']
+
+
+@pytest.mark.parametrize('topics, cameras, clash', [
+    (['image'], [''], "'image', which is already the node's image input"),
+    (['actions', 'image/compressed'], [''], "the node's compressed image input"),
+    (['debug_image'], ['front'], "the node's debug image output"),
+    (['a', 'a/events'], [''], "'a/events', which is already the events output of head topic"),
+])
+def test_a_head_topic_taken_by_the_node_is_refused(valid, tmp_path, topics, cameras, clash):
+    heads = []
+    for i, _ in enumerate(topics):
+        heads.append(tmp_path / f'h{i}.safetensors')
+        heads[-1].write_bytes(b'x')
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params({**valid, 'heads.checkpoints': [str(h) for h in heads],
+                                      'heads.topics': topics, 'cameras': cameras})
+    message = str(info.value)
+    assert message.startswith('heads.topics: ') and clash in message, message
+
+
+def test_a_camera_name_too_long_for_a_topic_is_refused(valid):
+    with pytest.raises(ConfigError) as info:
+        PerceptionConfig.from_params({**valid, 'cameras': ['c' * 300]})
+    message = str(info.value)
+    assert message.startswith("cameras: 'cccc") and '(300 characters) is too long' in message
+    assert 'at most 100' in message and len(message) < 200, message

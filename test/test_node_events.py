@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip('rclpy', reason='rclpy is not installed (run `make test`)')
 pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run `make test`)')
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from node_helpers import REPO, ChildProcess, NodeProcess, spin_until, tiny_params  # noqa: E402,I001
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
@@ -45,10 +46,11 @@ def test_events_and_readme_planner(client, env, tmp_path):
     planner_file = tmp_path / 'planner.py'
     planner_file.write_text(readme_planner())
     params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable',
-                         **EAGER)
-    actions, events = [], []
+                         diagnostics_period=0.1, **EAGER)
+    actions, events, diagnostics = [], [], []
     node.create_subscription(HumanAction, '/human_action', actions.append, RESULT_QOS)
     node.create_subscription(ActionEvent, '/human_action/events', events.append, EVENT_QOS)
+    node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, RESULT_QOS)
     camera = node.create_publisher(Image, '/image', IMAGE_QOS['reliable'])
     # The planner first, so that it is on the graph before the node's participant starts.
     planner = ChildProcess([sys.executable, str(planner_file)], env=env,
@@ -65,6 +67,12 @@ def test_events_and_readme_planner(client, env, tmp_path):
                                                              frame_id='cam')))
             assert spin_until(executor, lambda: len(actions) > count, timeout=30,
                               process=perception), (stamp, len(actions), perception.output())
+
+    def processed() -> int:
+        """Frames the node has taken from its input so far (its /diagnostics)."""
+        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} \
+            if diagnostics else {'processed': -1}
+        return int(values['processed'])
 
     def graph() -> str:
         """What this test's node sees of the domain, for a failure message."""
@@ -88,17 +96,32 @@ def test_events_and_readme_planner(client, env, tmp_path):
         publish(first)
         assert spin_until(executor, lambda: len(actions) == T + 3, timeout=30,
                           process=perception), (len(actions), perception.output())
-        # Stamps jump back 100 s (a bag loop): the open action ends, the window refills.
-        second = [BASE_NS - 100_000_000_000 + i * PERIOD_NS for i in range(T + 1)]
-        publish(second[:1])
+        # Stamps jump back 100 s (a bag loop): the open action ends, the window refills. The
+        # first frame back is held (it could be a lone glitch) and publishes nothing; the
+        # second one confirms the restart.
+        second = [BASE_NS - 100_000_000_000 + i * PERIOD_NS for i in range(T + 2)]
+        camera.publish(rgb_to_image(frame, header=Header(stamp=ns_to_time(second[0]),
+                                                         frame_id='cam')))
+        assert spin_until(executor, lambda: processed() == T + 4, timeout=30,
+                          process=perception), (processed(), perception.output())
+        assert len(events) == 1, events
+        publish(second[1:2])
         # The END comes with the restart, not only once a new window has been decided.
         assert spin_until(executor, lambda: len(events) >= 2, timeout=10), events
-        publish(second[1:])
+        publish(second[2:])
         assert spin_until(executor, lambda: len(actions) == 2 * T + 4, timeout=30,
                           process=perception), (len(actions), perception.output())
-        spin_until(executor, lambda: len(events) >= 3, timeout=5)
-        spin_until(executor, lambda: planner.output().count(' at ') >= len(events), timeout=10)
+        assert spin_until(executor, lambda: len(events) == 3, timeout=10), events
+        # The planner gets every event, also one published before its subscription matched
+        # the node's publisher (transient-local events); its log line follows each.
+        assert spin_until(executor, lambda: planner.output().count(' at ') >= 3, timeout=30,
+                          process=planner), f'planner log:\n{planner.output()}\n{graph()}'
         seen = graph()
+        # Ctrl-C with an action open: its END reaches both subscribers before the node exits.
+        assert perception.stop() == 0, perception.output()
+        assert spin_until(executor, lambda: len(events) == 4, timeout=10), events
+        assert spin_until(executor, lambda: planner.output().count(' at ') >= 4, timeout=10,
+                          process=planner), f'planner log:\n{planner.output()}'
     finally:
         if perception is not None:
             perception.stop()
@@ -113,11 +136,13 @@ def test_events_and_readme_planner(client, env, tmp_path):
     assert [a.frames for a in actions[:T - 1]] == list(range(1, T)), actions[:T - 1]
     assert stamp_to_ns(actions[0].window_start) == first[0], actions[0]
 
-    # A constant frame: one stable label, a START, the END at the restart, a START again.
+    # A constant frame: one stable label, a START, the END at the restart, a START again, the
+    # END when the node stops.
     label = actions[T - 1].label
     assert [(e.kind, e.label) for e in events] == [
-        (ActionEvent.START, label), (ActionEvent.END, label), (ActionEvent.START, label)], events
-    start, end, again = events
+        (ActionEvent.START, label), (ActionEvent.END, label), (ActionEvent.START, label),
+        (ActionEvent.END, label)], events
+    start, end, again, _ = events
     for event, newest, stream in ((start, T - 1, first), (again, 2 * T + 2, second)):
         decided = actions[newest]  # the first full window decided it
         assert event.header == decided.header and event.window_start == decided.window_start

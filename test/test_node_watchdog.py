@@ -70,7 +70,8 @@ def values(status: DiagnosticStatus) -> dict[str, str]:
 def running(tmp_path):
     params = load_params_file(tiny_params(tmp_path, num_frames=T, window_seconds=1.0,
                                           image_qos='reliable', diagnostics_period=0.2,
-                                          worker_timeout=1.0, autostart=False))
+                                          worker_timeout=1.0, autostart=False,
+                                          input_timeout_seconds=60.0))
     overrides = [Parameter(name, value=value) for name, value in params.items()]
     with ros_client(ros_env(), 'watchdog_client') as (client, executor):
         node = PerceptionNode(context=client.context, parameter_overrides=overrides)

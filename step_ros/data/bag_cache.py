@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from step_ros.data.features import DataError, FeatureCache
+from step_ros.data.names import safe_name
+from step_ros.model.checkpoint import validate_labels, validate_pairs
 
 FRAMES_FORMAT = 'step_ros.bag_frames/1'
 WINDOWS_FORMAT = 'step_ros.bag_windows/1'
@@ -65,7 +67,7 @@ def load_cache(path: str | Path) -> BagFeatureCache:
     """OUT (every recording) or OUT/<split> (its recordings) of `extract_bags`."""
     try:
         return _load_cache(Path(path))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f'{path}: damaged bag cache index ({type(exc).__name__}: {exc}); '
@@ -86,6 +88,9 @@ def _load_cache(path: Path) -> BagFeatureCache:
     root = path
     if index.get('format') == WINDOWS_FORMAT:
         split = index['split']
+        if index['root'] != '..':  # a split's view lies inside the cache it views
+            raise DataError(f'{path / INDEX}: root {str(index["root"])[:120]!r}, expected '
+                            "'..'; delete the cache directory and extract again")
         root = (path / index['root']).resolve()
         if not (root / INDEX).is_file():
             raise DataError(f'{path}: its recordings ({root / INDEX}) are missing')
@@ -97,7 +102,15 @@ def _load_cache(path: Path) -> BagFeatureCache:
     if unfinished:
         raise DataError(f'{root}: incomplete cache (not finished: {unfinished}); run extract '
                         'again to finish it')
-    labels = tuple(index['labels'])
+    try:
+        labels = validate_labels(index['labels'])
+        pairs = validate_pairs(labels, index['symmetric_pairs'])
+    except ValueError as exc:
+        raise DataError(f'{root / INDEX}: {exc}; delete the cache directory and extract '
+                        'again') from exc
+    for rec in index['recordings']:  # every shard is a file inside the cache directory
+        for shard in rec['shards']:
+            safe_name(shard['file'], what=f'{root / INDEX}: shard file', error=DataError)
     num_frames = int(index['num_frames'])
     frames, starts, targets, stamps, owners, chosen = [], [], [], [], [], []
     offset = 0
@@ -111,20 +124,32 @@ def _load_cache(path: Path) -> BagFeatureCache:
                     frames and part.shape[1:] != frames[0].shape[1:]):
                 raise DataError(f"{root / shard['file']}: tokens of shape {list(part.shape)}, "
                                 f"expected ({shard['count']}, 1 + N, D) like the other shards")
+            if not part.is_floating_point() or not bool(torch.isfinite(part).all()):
+                raise DataError(f"{root / shard['file']}: tokens are not finite floats "
+                                f'({part.dtype}); delete the cache directory and extract again')
         frames += tokens
-        for start, label in rec['windows']:
+        count = sum(len(t) for t in tokens)
+        for i, (start, label) in enumerate(rec['windows']):
+            # A window is T frames of one run of this recording: never wrapped, never spilling
+            # into the next recording or across a restart of the sampler.
+            if not (type(start) is int and 0 <= start <= count - num_frames
+                    and len(rec['stamps']) == len(rec['runs']) == count
+                    and rec['runs'][start] == rec['runs'][start + num_frames - 1]):
+                raise DataError(f'{root / INDEX}: recording {number} ({rec["bag"]}) window {i} '
+                                f'starts at frame {start!r}, not a run of T={num_frames} of its '
+                                f'{count} frames; delete the cache directory and extract again')
             starts.append(offset + start)
             targets.append(labels.index(label))
             stamps.append(tuple(rec['stamps'][start:start + num_frames]))
             owners.append(number)
-        offset += sum(len(t) for t in tokens)
+        offset += count
     if not starts:
         raise DataError(f'{path}: no labelled window (split {split!r}); every window straddles '
                         'two segments or lies outside the timeline?')
     return BagFeatureCache(
         tokens=WindowTokens(torch.cat(frames), torch.tensor(starts), num_frames),
         targets=torch.tensor(targets), labels=labels,
-        symmetric_pairs=tuple(tuple(p) for p in index['symmetric_pairs']),
+        symmetric_pairs=pairs,
         backbone=index['backbone'], num_frames=num_frames,
         window_seconds=float(index['window_seconds']), path=str(path),
         switch_fraction=SWITCH_FRACTION[index.get('straddle', 'drop')], window_stamps=stamps,

@@ -41,9 +41,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from step_ros.data.bag_cache import FRAMES_FORMAT, INDEX, NEWEST_FRACTION, WINDOWS_FORMAT
-from step_ros.data.bags import BagFrame, ReadStats, iter_frames, topic_count
-from step_ros.data.features import DataError, read_pairs
-from step_ros.data.timeline import load_timeline
+from step_ros.data.bags import BagFrame, ReadStats, _bag_path, iter_frames, topic_count
+from step_ros.data.features import DataError, available_bytes, read_pairs
+from step_ros.data.names import safe_name
+from step_ros.data.timeline import load_timeline, seconds
 from step_ros.distributed import Dist
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import MAX_FRAMES, validate_pairs
@@ -246,9 +247,13 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
                         'must be >= 1')
     if not recordings:
         raise DataError('no recording given')
+    for rec in recordings:  # OUT/<split> is a folder inside OUT
+        safe_name(rec.split, what=f'bag {rec.bag!r}: split', error=DataError)
     seen: dict[tuple[str, str], str] = {}
     for rec in recordings:  # one recording in two splits would leak windows between them
-        key = (str(Path(rec.bag).resolve()), rec.topic)
+        # One identity per recording: its rosbag2 directory (also for its .mcap / .db3 file),
+        # with relative paths and symlinks resolved.
+        key = (str(_bag_path(rec.bag).resolve()), rec.topic)
         if key in seen:
             raise DataError(f'bag {rec.bag!r} topic {rec.topic!r} is given twice (splits '
                             f'{seen[key]!r} and {rec.split!r}); each recording belongs to one '
@@ -260,6 +265,9 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     labels, pairs = _labels_and_pairs(recordings, None if pairs_path is None
                                       else Path(pairs_path))
     backbone = backbone or settings.load_backbone()
+    for rec in recordings:
+        check_memory(rec, backbone, max_pixels=settings.max_image_pixels,
+                     shard_size=shard_size, batch_frames=batch_frames)
     index = dict(format=FRAMES_FORMAT, settings=asdict(settings),
                  backbone=backbone.info.to_dict(), num_frames=settings.num_frames,
                  window_seconds=settings.window_seconds, shard_size=shard_size, stride=stride,
@@ -270,7 +278,7 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX
     if index_path.is_file():
-        old = json.loads(index_path.read_text())
+        old = read_resume_index(index_path)
         keys = ('format', 'backbone', 'num_frames', 'window_seconds')
         same = all(old.get(k) == index[k] for k in keys) and old.get(
             'shard_size', shard_size) == shard_size and [
@@ -298,6 +306,7 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
         if missing:
             raise DataError(f'{out}: shards {missing} are missing after every rank finished; '
                             'run the same command again')
+    why = []  # of recordings without a labelled window
     for rec, entry in zip(recordings, index['recordings']):  # also those of an earlier run
         timeline = load_timeline(rec.labels, labels=labels)
         if rec.relative:
@@ -305,6 +314,14 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
         entry['windows'] = [list(w) for w in label_windows(
             entry['stamps'], entry['runs'], timeline, num_frames=settings.num_frames,
             stride=stride, straddle=straddle)]
+        if not entry['windows']:
+            why.append(unlabelled(rec, entry['stamps'], timeline))
+            if (timeline.segments[-1].end_ns <= entry['stamps'][0]
+                    or timeline.segments[0].start_ns > entry['stamps'][-1]):  # no overlap
+                raise DataError(f'no window is labelled: {why[-1]}')
+    if len(why) == len(recordings):
+        raise DataError(f'no window is labelled (T={settings.num_frames}, straddle '
+                        f'{straddle!r}): ' + '; '.join(why))
     _write_json(index_path, index)
     for record in out.glob(f'frames_*{RECORD}'):  # folded into the index now
         record.unlink()
@@ -315,6 +332,87 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
 
 
 RECORD = '.done.json'  # beside a shard a rank wrote: its stamps, for resuming
+
+
+def read_resume_index(index_path: Path) -> dict:
+    """The index of an earlier run, checked enough to resume from; else DataError naming it."""
+    try:
+        old = json.loads(index_path.read_text())
+        for entry in old['recordings']:
+            missing = [k for k in Recording.__dataclass_fields__ if k not in entry]
+            if missing or not (isinstance(entry['done'], bool) and all(
+                    isinstance(entry[k], list) for k in ('stamps', 'runs', 'shards'))):
+                raise ValueError(f'recording {str(entry)[:120]}: expected '
+                                 f'{list(Recording.__dataclass_fields__)}, done, stamps, runs '
+                                 'and shards')
+            for shard in entry['shards']:
+                safe_name(shard['file'], what='shard file')
+                if type(shard['count']) is not int or shard['count'] < 1:
+                    raise ValueError(f'shard {str(shard)[:120]}: expected a count >= 1')
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f'{index_path}: damaged cache index, cannot resume '
+                        f'({type(exc).__name__}: {exc}); delete the directory and extract '
+                        'again') from exc
+    return old
+
+
+def estimate_bytes(*, height: int, width: int, tokens: int, dim: int, shard_size: int,
+                   batch_frames: int) -> int:
+    """Host memory extract --bag holds at its peak: a shard's decoded uint8 frames and its fp16
+    tokens (twice, as they are joined), plus one batch's stacked frames, their float
+    preprocessing and fp32 tokens."""
+    frame = height * width * 3
+    return shard_size * (frame + 4 * tokens * dim) + batch_frames * (5 * frame + 4 * tokens * dim)
+
+
+def check_memory(rec: Recording, backbone: FrozenBackbone, *, max_pixels: int, shard_size: int,
+                 batch_frames: int) -> int:
+    """Estimate the peak host memory from the recording's first image; refuse (DataError) when
+    it exceeds 80 % of the available memory. Returns the estimate in bytes (0: no image)."""
+    frames = iter_frames(rec.bag, rec.topic, max_pixels=max_pixels)
+    try:
+        first = next(frames, None)
+    finally:
+        frames.close()
+    if first is None:
+        return 0
+    height, width = first.image.shape[:2]
+    sizes = dict(height=height, width=width, tokens=backbone.tokens_per_frame,
+                 dim=backbone.info.embed_dim, batch_frames=batch_frames)
+    need = estimate_bytes(shard_size=shard_size, **sizes)
+    free = available_bytes()
+    if free is not None and need > 0.8 * free:
+        fits = max((k for k in range(1, shard_size) if estimate_bytes(shard_size=k, **sizes)
+                    <= 0.8 * free), default=None)
+        hint = f'--shard-size {fits}' if fits else 'a smaller max_image_pixels in --config'
+        raise DataError(f'{rec.bag}: extract of {width}x{height} images in shards of '
+                        f'{shard_size} frames needs about {need / 2**30:.1f} GiB, more than 80 % '
+                        f'of the {free / 2**30:.1f} GiB available: lower --shard-size ({hint})')
+    return need
+
+
+def check_stamps(rec: Recording, order: dict) -> None:
+    """DataError when the image header stamps are unset or do not increase: the node's sampler
+    keeps frames by stamp, so such a recording gives no window."""
+    n = order['frames']
+    if n < 2 or 2 * order['stuck'] < n:
+        return
+    if order['zero'] == n:
+        cause = f'all {n} image header stamps are 0 (the camera driver leaves header.stamp unset)'
+    else:
+        cause = f"{order['stuck']} of {n} image header stamps do not increase"
+    raise DataError(f'{rec.bag} {rec.topic}: {cause}; windows follow header stamps, so stamp '
+                    'the images at capture and record again')
+
+
+def unlabelled(rec: Recording, stamps: list[int], timeline) -> str:
+    """Why a recording has no labelled window: its timeline against its image stamps."""
+    begin, end = timeline.segments[0].start_ns, timeline.segments[-1].end_ns
+    text = (f'{rec.bag}: its timeline {rec.labels} spans {seconds(begin)}-{seconds(end)} s, '
+            f'its sampled images {seconds(stamps[0])}-{seconds(stamps[-1])} s')
+    if not rec.relative and end < stamps[0] and begin < 10**9 * 86400 <= stamps[0]:
+        text += ' (seconds from the first image? pass --relative, into an empty --out)'
+    return text
 
 
 @dataclass
@@ -342,9 +440,15 @@ class _Job:
         bar = tqdm(total=topic_count(rec.bag, rec.topic), desc=f'extract {Path(rec.bag).name}',
                    unit='frame', disable=not self.progress)
 
+        order = dict(frames=0, stuck=0, zero=0, last=None)  # header stamps as read
+
         def counted(source):
             for frame in source:
                 bar.update(1)
+                order['stuck'] += order['last'] is not None and frame.stamp_ns <= order['last']
+                order['zero'] += frame.stamp_ns == 0
+                order['frames'] += 1
+                order['last'] = frame.stamp_ns
                 yield frame
 
         earlier = list(entry['shards'])  # shards of an interrupted single-process run
@@ -372,6 +476,7 @@ class _Job:
         if pending:
             flush()
         bar.close()
+        check_stamps(rec, order)
         if not stamps:
             raise DataError(f'{rec.bag} {rec.topic}: no decodable image ({stats.messages} '
                             f'messages, skipped {dict(stats.skipped)}: {stats.reasons})')
@@ -398,8 +503,14 @@ class _Job:
                                 f'differ from those of {name} in the cache; the bag changed: '
                                 'extract into an empty directory')
         elif record_path.is_file() and (self.out / name).is_file():
-            record = json.loads(record_path.read_text())
-            if record['key'] != key or record['stamps'] != mine:
+            try:
+                record = json.loads(record_path.read_text())
+                same = record['key'] == key and record['stamps'] == mine
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise DataError(f'{record_path}: damaged shard record ({type(exc).__name__}: '
+                                f'{exc}); delete it and its shard {name}, then run the same '
+                                'command again') from exc
+            if not same:
                 raise DataError(f'{record_path}: a shard of another bag, backbone, T, window or '
                                 'shard size; use an empty directory (or delete it) to extract '
                                 'afresh')

@@ -207,6 +207,9 @@ def iter_frames(path: str | Path, topic: str, *, stats: ReadStats | None = None,
                         yield frame
         except BagError:
             raise
+        except MemoryError as exc:
+            raise BagError(f'bag {str(path)!r}, topic {topic!r}: out of memory after '
+                           f'{stats.messages} messages') from exc
         except Exception as exc:  # damaged chunk or message in the middle of the bag
             raise BagError(f'bag {str(path)!r}, topic {topic!r}: reading failed after '
                            f'{stats.messages} messages ({type(exc).__name__}: {exc}); is the '

@@ -24,6 +24,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from step_ros.data.names import safe_name
 from step_ros.distributed import Dist
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
@@ -108,7 +109,8 @@ def read_clip_list(csv_path: str | Path, *, pairs_path: str | Path | None = None
         if missing:
             raise DataError(f'{csv_path}: header {header} lacks {missing}')
         clips = []
-        task_names = [c for c in header if c not in COLUMNS]
+        task_names = [safe_name(c, what=f'{csv_path}: task column', error=DataError)
+                      for c in header if c not in COLUMNS]
         task_rows: dict[str, list[str]] = {name: [] for name in task_names}
         for line, row in enumerate(reader, start=2):
             where = f'{csv_path}:{line}'
@@ -331,6 +333,11 @@ def open_index(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int
     index_path = out / INDEX
     if index_path.is_file():
         old = read_index(index_path)
+        try:
+            _check_index(old)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f'{index_path}: damaged cache index, cannot resume ({exc}); delete '
+                            'the cache directory and extract again') from exc
         same = all(old.get(k) == index[k] for k in ('format', 'backbone', 'num_frames', 'clips'))
         if not same:
             raise DataError(f'{out}: holds a cache of other clips, backbone or T; use an empty '
@@ -519,6 +526,8 @@ class FeatureCache:
                 or not all(isinstance(x, str) for x in v) for v in tasks.values()):
             raise DataError(f'{index_path}: damaged cache index: tasks must map a name to one '
                             'label per clip; delete the cache directory and extract again')
+        for name in tasks:  # head and report folder names derive from task names
+            safe_name(name, what=f'{index_path}: task', error=DataError)
         return cls(tokens=tokens, targets=targets, labels=labels, symmetric_pairs=pairs,
                    backbone=index['backbone'], num_frames=num_frames,
                    window_seconds=float(np.median(spans)), path=str(path), tasks=tasks)
@@ -562,10 +571,10 @@ def _check_index(index: dict) -> tuple:
             raise ValueError(f'clip {i} {str(clip)[:120]}: no label of {list(labels)}')
     for shard in shards:
         if not isinstance(shard, dict) or not isinstance(shard.get('file'), str) or \
-                Path(shard['file']).name != shard['file'] or \
                 isinstance(shard.get('count'), bool) or not isinstance(shard.get('count'), int) \
                 or shard['count'] < 1:
             raise ValueError(f'shard entry {str(shard)[:120]}: expected {{file: name, count: n}}')
+        safe_name(shard['file'], what='shard entry: file')  # a file inside the cache
     extracted = sum(shard['count'] for shard in shards)
     if len(spans) != extracted or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0

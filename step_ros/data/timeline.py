@@ -1,5 +1,8 @@
 """Ground-truth timelines for bags: a CSV of `start,end,label` in seconds of bag time.
 
+A header row names the columns (start, end, label in any order; other columns are ignored);
+without one, the first three columns are start, end, label.
+
 Bag time is the time of the image header stamps (`replay` publishes the recording time on /clock,
 which for camera bags is close to it). Segments
 are half-open [start, end); time between segments is unlabelled and not scored. Times are kept
@@ -81,14 +84,22 @@ def load_timeline(path: str | Path, *, labels=None) -> Timeline:
     if not path.is_file():
         raise TimelineError(f'timeline {str(path)!r} does not exist')
     segments = []
-    with path.open(newline='') as f:
+    columns = None  # of start, end, label, from a header; without one the first three
+    # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first cell
+    with path.open(newline='', encoding='utf-8-sig') as f:
         rows = csv.reader(f)
         for line, row in enumerate(rows, start=1):
             cells = [c.strip() for c in row]
             if not cells or not any(cells) or cells[0].startswith('#'):
                 continue
-            if line == 1 and tuple(c.lower() for c in cells) == HEADER:
+            if columns is None and not segments and not _is_number(cells[0]):
+                columns = _header(cells, line, path)
                 continue
+            if columns is not None:
+                if len(cells) <= max(columns):
+                    raise TimelineError(f'{path}:{line}: {len(cells)} columns, the header names '
+                                        f'{max(columns) + 1}: {",".join(cells)!r}')
+                cells = [cells[i] for i in columns]
             segments.append(_segment(cells, line, path))
     if not segments:
         raise TimelineError(f'{path}: no segments (expected lines of start,end,label)')
@@ -96,6 +107,25 @@ def load_timeline(path: str | Path, *, labels=None) -> Timeline:
     if labels is not None:
         timeline.check_labels(labels)
     return timeline
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        Decimal(cell)
+    except InvalidOperation:
+        return False
+    return True
+
+
+def _header(cells: list[str], line: int, path: Path) -> list[int]:
+    """The columns of start, end and label in a header row; other columns are ignored."""
+    names = [c.lower() for c in cells]
+    missing = [name for name in HEADER if name not in names]
+    if missing:
+        raise TimelineError(f'{path}:{line}: the header {",".join(cells)!r} has no column '
+                            f'{", ".join(missing)} (expected start,end,label; other columns '
+                            'are ignored)')
+    return [names.index(name) for name in HEADER]
 
 
 def _segment(cells: list[str], line: int, path: Path) -> Segment:

@@ -100,6 +100,7 @@ def plot_confusion(path: str | Path, matrix: list | np.ndarray, labels: list[str
     import matplotlib
 
     matplotlib.use('Agg')
+    matplotlib.rcParams['text.parse_math'] = False  # labels are plain text ('$' too)
     import matplotlib.pyplot as plt
 
     counts = np.asarray(matrix, dtype=np.float64)

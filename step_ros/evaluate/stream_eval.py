@@ -46,12 +46,13 @@ class StreamRecord:
     reset_before: bool = False  # the engine's buffer was cleared since the previous one
 
 
-def decide(records: Sequence[StreamRecord], *, decider: Decider
-           ) -> tuple[list[Decision], list[ActionEvent]]:
+def decide(records: Sequence[StreamRecord], *, decider: Decider,
+           last_frame_ns: int | None = None) -> tuple[list[Decision], list[ActionEvent]]:
     """Feed every record to `decider` (as the node does); -> decisions and the events emitted.
 
-    An action still open at the end of the records is not closed: a live node would not have
-    emitted that END either.
+    With `last_frame_ns` (the stamp of the recording's last frame), an action still open at the
+    end ENDs there, as the live node ends it when its input stops (input_timeout_seconds);
+    without it, it stays open.
     """
     decisions, events = [], []
     for r in records:
@@ -61,6 +62,8 @@ def decide(records: Sequence[StreamRecord], *, decider: Decider
                            ambiguous=r.ambiguous)
         decisions.append(d)
         events += d.events
+    if last_frame_ns is not None:
+        events += decider.reset(last_frame_ns=last_frame_ns)
     return decisions, events
 
 

@@ -13,6 +13,7 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use('Agg')
+    matplotlib.rcParams['text.parse_math'] = False  # labels are plain text ('$' too)
     import matplotlib.pyplot as plt
     return plt
 

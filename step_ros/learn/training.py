@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from step_ros.data.features import FeatureCache
+from step_ros.data.names import safe_name
 from step_ros.distributed import Dist, rank_batches
 from step_ros.model.checkpoint import HeadMeta, save_head
 from step_ros.model.heads import HeadConfig, build_head, count_trainable
@@ -251,6 +252,10 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
             totals = dist.all_sum([v for name in heads for v in sums[name]])
             sums = {name: totals[2 * i:2 * i + 2] for i, name in enumerate(heads)}
         for name, module in modules.items():
+            if not math.isfinite(sums[name][0]):  # summed over ranks: every rank stops here
+                raise ValueError(f'head {name!r}: the training loss became {sums[name][0]} in '
+                                 f'epoch {epoch + 1} of {cache.path}; no head is written '
+                                 '(non-finite tokens in the cache, or try a lower --lr)')
             entry = dict(epoch=epoch + 1, loss=sums[name][0] / n, train_acc=sums[name][1] / n,
                          lr=config.lr * lr_at(step - 1, total=total, warmup=warmup))
             if val is not None:
@@ -296,7 +301,15 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
     `temperatures` (per head name, from `fit_temperatures`) and `background` (a label or None)
     go into each checkpoint's metadata.
     """
+    for head in trained:  # checked before anything is written
+        bad = [k for k, v in head.module.state_dict().items()
+               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f'head {head.name!r}: parameters {bad[:3]} are not finite; no '
+                             'head is written')
     out = Path(out)
+    for head in trained:  # every file stays inside `out`
+        safe_name(head.name, what='head name')
     out.mkdir(parents=True, exist_ok=True)
     window = cache.window_seconds if window_seconds is None else window_seconds
     paths = []
@@ -348,6 +361,7 @@ def plot_curves(path: Path, trained: list[TrainedHead]) -> None:
     import matplotlib
 
     matplotlib.use('Agg')
+    matplotlib.rcParams['text.parse_math'] = False  # labels are plain text ('$' too)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

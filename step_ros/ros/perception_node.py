@@ -13,6 +13,8 @@ answers with stale ones. With `cameras` set, every camera n has its own inputs (
 sampler, window, Deciders, outputs (n/human_action) and /diagnostics status, and the worker
 batches the due frames of the cameras through one backbone pass (`batch_timeout_ms`). A
 watchdog in the diagnostics timer turns /diagnostics to ERROR when that worker died or is stuck.
+A planner is never left with an open action: an input timer ENDs those of a camera that sent
+nothing for input_timeout_seconds, and SIGINT / SIGTERM END them before the process exits.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -33,20 +36,25 @@ import rclpy
 import torch
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.lifecycle import (
     LifecycleNode,
     LifecyclePublisher,
     LifecycleState,
     TransitionCallbackReturn,
 )
+from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from rclpy.task import Future
 from rclpy.timer import Timer
+from rclpy.validate_full_topic_name import validate_full_topic_name
 from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -59,6 +67,7 @@ from step_ros.ros.conversions import (
     annotate,
     event_to_msg,
     labels_msg,
+    ns_to_time,
     prediction_to_msg,
     rgb_to_image,
     stamp_to_ns,
@@ -66,7 +75,14 @@ from step_ros.ros.conversions import (
 )
 from step_ros.ros.logs import RateLimitedLog
 from step_ros.ros.worker import Worker
-from step_ros.stream.config import NODE_NAME, PARAMETERS, ConfigError, PerceptionConfig
+from step_ros.stream.config import (
+    DEFAULTS,
+    NODE_NAME,
+    PARAMETERS,
+    ConfigError,
+    PerceptionConfig,
+    describe,
+)
 from step_ros.stream.decision import ActionEvent as Event
 from step_ros.stream.decision import Decider
 from step_ros.stream.decode import ImageRejected, check_message, decode_message
@@ -79,9 +95,16 @@ IMAGE_QOS = {
 }
 RESULT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Events are rare and each one matters: reliable and deep, so that a busy planner misses none.
-# Volatile on purpose: a planner that starts late must not act on a START of long ago; the
-# current state is in every HumanAction (state, stable_label, stable_since).
-EVENT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Transient-local: a planner whose subscription is matched only after an event went out (it
+# started late, or discovery was slow) still receives the last 100, in order; the newest event
+# of each task and label says whether that action is going on (a START with no END after it).
+EVENT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# On the way out (SIGINT, SIGTERM, shutdown), how long the final END events may take to be
+# acknowledged by the planners before the publishers are destroyed: a reliable reader
+# acknowledges on the writer's next heartbeat (every 3 s by default in Fast DDS), and
+# `ros2 launch` escalates to SIGTERM after 5 s.
+EXIT_DELIVERY_S = 3.5
 # Late subscribers (planners started after the node) still receive the label lists.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -115,6 +138,7 @@ class Camera:
     gap_resets: int = 0  # consecutive frames that restarted the window by a gap
     dropped: Counter = field(default_factory=Counter)  # by workers of earlier activations
     last_received: float = -math.inf  # monotonic s of its newest image
+    input_lost: bool = True  # no image since activation, or for input_timeout_seconds
 
     def live(self, now: float) -> bool:
         """Sending images: a batch waits for this camera's frame (up to batch_timeout_ms)."""
@@ -142,11 +166,11 @@ class Frame:
 class PerceptionNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        # Declared once here (read-only), read on each configure: a cleanup + configure cycle
-        # must not declare them twice.
+        # Declared once here, read on each configure: a cleanup + configure cycle must not
+        # declare them twice. A set is checked by _on_set_parameters (live ones applied).
         self.declare_parameters('', [
-            (p.name, p.default, ParameterDescriptor(description=p.description,
-                                                    dynamic_typing=True, read_only=True))
+            (p.name, p.default, ParameterDescriptor(description=describe(p), dynamic_typing=True,
+                                                    read_only=p.name == 'autostart'))
             for p in PARAMETERS])
         self.autostart = self.get_parameter('autostart').value
         if not isinstance(self.autostart, bool):
@@ -154,6 +178,7 @@ class PerceptionNode(LifecycleNode):
             self.destroy_node()
             raise StartupError('autostart')
         self.finished = Future()  # done by the shutdown transition: main() stops spinning
+        self._starting = False  # in start(): a failed configure ends the process
         self.config: PerceptionConfig | None = None
         self.engine: StreamingEngine | None = None
         self.worker: Worker | None = None
@@ -166,13 +191,27 @@ class PerceptionNode(LifecycleNode):
         self._diagnostics: LifecyclePublisher | None = None
         self._inputs: list[Subscription] = []
         self._diagnostics_timer: Timer | None = None
+        self._input_timer: Timer | None = None
+        # The worker's engine steps and the input timer's ENDs change the same windows and
+        # decision states: one at a time.
+        self._engine_lock = threading.Lock()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # rclpy's change_state handler raises, ending the process, on a transition that is not
+        # available in the current state: requests are checked before they reach it.
+        self._change_state = self._service_change_state.callback
+        self._service_change_state.callback = self._on_change_state
         if not self.autostart:
             self.get_logger().info('unconfigured: waiting for a lifecycle manager (autostart is '
                                    'false)')
 
     def start(self) -> bool:
         """configure + activate (autostart); False when either failed (logged as fatal)."""
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        self._starting = True
+        try:
+            configured = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        finally:
+            self._starting = False
+        if not configured:
             return False
         if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             self.get_logger().fatal('cannot start: activation failed')
@@ -180,8 +219,9 @@ class PerceptionNode(LifecycleNode):
         return True
 
     def _configure_failed(self, text: str) -> TransitionCallbackReturn:
-        """Report a failed configure: fatal when it ends the process (autostart), else error."""
-        if self.autostart:
+        """Report a failed configure: fatal when it ends the process (autostart's start()),
+        else an error (a lifecycle manager's configure: the node stays unconfigured)."""
+        if self._starting:
             self.get_logger().fatal(f'cannot start: {text}')
         else:
             self.get_logger().error(f'cannot configure: {text}')
@@ -191,7 +231,7 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.config = self._read_config()
-            self.engine = build_engine(self.config)
+            self.engine = build_engine(self.config, warn=self.get_logger().warning)
         except (ConfigError, CheckpointError, BackboneError, OSError) as exc:
             return self._configure_failed(str(exc))
         except Exception:  # rclpy would turn it into an error transition without a word
@@ -248,6 +288,7 @@ class PerceptionNode(LifecycleNode):
         self.engine.reset()  # a window never spans the time the node was inactive
         for camera in self.cameras.values():
             camera.previous_stamp_ns, camera.gap_resets = None, 0
+            camera.input_lost = True
         self._carry = []
         self.worker = Worker(process=self._process_batch, on_error=self._on_worker_error,
                              stall_seconds=self.config.worker_timeout, batched=True)
@@ -264,6 +305,10 @@ class PerceptionNode(LifecycleNode):
         # A steady clock: diagnostics keep coming under use_sim_time while /clock is silent.
         self._diagnostics_timer = self.create_timer(
             self.config.diagnostics_period, self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME))
+        timeout = self.config.input_timeout_seconds
+        self._input_timer = self.create_timer(
+            min(max(timeout / 4, 0.05), 1.0), self._check_input,
             clock=Clock(clock_type=ClockType.STEADY_TIME))
         inputs = ', '.join(camera.image_topic for camera in self.cameras.values())
         self.get_logger().info(
@@ -284,7 +329,7 @@ class PerceptionNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         if state.label == 'active':
-            self._end_actions()
+            self._end_actions(deliver=EXIT_DELIVERY_S)  # before _release destroys publishers
         self._release()
         self.get_logger().info(f'finalized (from {state.label}): exiting')
         self.finished.set_result(True)
@@ -306,6 +351,9 @@ class PerceptionNode(LifecycleNode):
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
+        if self._input_timer is not None:
+            self.destroy_timer(self._input_timer)
+            self._input_timer = None
         worker, self.worker = self.worker, None
         if worker is None:
             return
@@ -346,27 +394,97 @@ class PerceptionNode(LifecycleNode):
 
     def _read_config(self) -> PerceptionConfig:
         # Typed by PerceptionConfig (with messages naming the parameter), not by rclpy, so that
-        # e.g. `window_seconds: 2` is accepted. Changes after start-up are not applied.
+        # e.g. `window_seconds: 2` is accepted.
         values = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
         # rclpy silently ignores overrides nobody declares: report typos instead.
         for name in getattr(self, '_parameter_overrides', {}):
             if not self.has_parameter(name) and not name.startswith('qos_overrides.'):
                 values[name] = None
         config = PerceptionConfig.from_params(values)
-        for topic in config.head_topics:
-            try:
-                validate_topic_name(topic)
-            except Exception as exc:  # InvalidTopicNameException: several lines with a caret
-                reason = str(exc).splitlines()[0].split(': ', 1)[-1]
-                raise ConfigError(f'heads.topics: {topic!r} is not a valid topic name '
-                                  f'({reason})') from None
+        self._check_topics(config)
         return config
+
+    def _check_topics(self, config: PerceptionConfig) -> None:
+        """Every topic the node would open is a valid name in its namespace, and no two of
+        them are the same topic; else one ConfigError naming the parameter and the rule."""
+        for topic in config.head_topics:
+            self._full_topic('heads.topics', topic, topic, relative=False)
+        outputs = [f'{t}/{kind}' if kind else t for t in config.head_topics
+                   for kind in ('', 'events', 'labels')]
+        taken = {'/diagnostics': '/diagnostics'}
+        for camera in config.camera_names:
+            for topic in (*INPUTS, 'debug_image', *outputs):
+                name = f'{camera}/{topic}' if camera and not topic.startswith('/') else topic
+                full = self._full_topic('cameras' if camera else 'heads.topics', camera or topic,
+                                        name)
+                if full in taken:
+                    raise ConfigError(
+                        f'heads.topics={list(config.head_topics)!r}: {name!r} and '
+                        f'{taken[full]!r} are both the topic {full!r}; every input and output '
+                        'topic of the node must be a different one')
+                taken[full] = name
+
+    def _full_topic(self, parameter: str, value: str, topic: str, *, relative: bool = True
+                    ) -> str:
+        """`topic` expanded in the node's namespace, or a ConfigError naming `parameter`."""
+        try:
+            if not relative:
+                validate_topic_name(topic)
+            full = expand_topic_name(topic, self.get_name(), self.get_namespace())
+            validate_full_topic_name(full)
+        except Exception as exc:  # InvalidTopicNameException / ValueError: lines with a caret
+            reason = str(exc).splitlines()[0].split(': ', 1)[-1]
+            reason = re.sub(r', at \S+$', '', reason).rstrip(':')
+            shown = f'{value[:60]!r}...' if len(value) > 60 else repr(value)
+            raise ConfigError(f'{parameter}: {shown} gives the topic {topic[:80]!r}, which is '
+                              f'not a valid topic name ({reason})') from None
+        return full
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """`ros2 param set`: unconfigured, any value (the next configure checks it); else the
+        live parameters, checked as at configure and applied to the running decision stage
+        and engine, and no other (they need a restart)."""
+        changes = {p.name: p.value for p in parameters if p.name in DEFAULTS}
+        if self.config is None or not changes:
+            return SetParametersResult(successful=True)
+        try:
+            config = self.config.retuned(changes)
+        except ConfigError as exc:
+            self.get_logger().warning(f'parameter not set: {exc}')
+            return SetParametersResult(successful=False, reason=str(exc))
+        # Immutable configs, each swapped in by one assignment: the worker's next step uses
+        # the new values.
+        self.config = config
+        self.engine.config = config.engine
+        for camera in self.cameras.values():
+            for decider in camera.deciders.values():
+                decider.retune(config.decision)
+        self.get_logger().info('parameters set: ' + ', '.join(
+            f'{name}={value!r}' for name, value in changes.items()))
+        return SetParametersResult(successful=True)
+
+    def _on_change_state(self, request, response):
+        """The change_state service: a transition the current state does not offer is answered
+        with success=false and a warning, before rclpy's handler would raise on it."""
+        asked = request.transition
+        available = self._state_machine.available_transitions  # (id, label, ...) tuples
+        if not any(t[1] == asked.label if asked.label else t[0] == asked.id
+                   for t in available):
+            state = self._state_machine.current_state[1]
+            what = f'{asked.label!r}' if asked.label else f'id {asked.id}'
+            valid = ', '.join(f'{t[1]} (id {t[0]})' for t in available)
+            self.get_logger().warning(f'change_state: transition {what} is not valid from state '
+                                      f'{state!r}; valid: {valid}')
+            response.success = False
+            return response
+        return self._change_state(request, response)
 
     def _on_image(self, msg: Image | CompressedImage, key: str) -> None:
         # Runs in the executor: never the model, only the hand-off to the worker.
         camera = self._camera_of[key]
         camera.stats.count_received()
         camera.last_received = time.monotonic()
+        camera.input_lost = False
         self.worker.submit((msg, time.monotonic_ns()), key)
 
     def _process_batch(self, items: list[tuple[str, tuple]], *,
@@ -428,6 +546,14 @@ class PerceptionNode(LifecycleNode):
                               'using the receive time (fix the camera driver)')
             header.stamp = self.get_clock().now().to_msg()
             stamp_ns = stamp_to_ns(header.stamp)
+            if stamp_ns == 0:  # use_sim_time, and no /clock message yet: the clock reads 0
+                self._log.warning(f'clock {camera.name}',
+                                  f'images on {camera.image_topic} have zero header stamps and '
+                                  'use_sim_time is true, but no /clock message has come: every '
+                                  'frame would get stamp 0 and the window would never fill; '
+                                  'frames are dropped until /clock runs (publish /clock, e.g. '
+                                  '`ros2 bag play --clock`, or stamp the images)')
+                return None
         frame = Frame(camera=camera, key=key, msg=msg, received_ns=received_ns,
                       stamp_ns=stamp_ns)
         try:
@@ -448,6 +574,10 @@ class PerceptionNode(LifecycleNode):
 
     def _run(self, frames: list[Frame]) -> None:
         """Frames of distinct cameras through the engine as one batch, then their results."""
+        with self._engine_lock:
+            self._step(frames)
+
+    def _step(self, frames: list[Frame]) -> None:
         limit = self.config.max_image_pixels
         # Decoded (e.g. a JPEG) only if the stamp sampler keeps the frame: most are skipped.
         offers = [Offer(f.camera.name, partial(decode_message, f.msg, compressed=f.compressed,
@@ -473,6 +603,16 @@ class PerceptionNode(LifecycleNode):
         camera, header = frame.camera, frame.msg.header
         camera.stats.count_processed()
         camera.frame_id = header.frame_id
+        if result.outlier_ns is not None:
+            self._log.warning(f'outlier {camera.name}',
+                              f'dropped one image on {camera.image_topic} stamped '
+                              f'{result.outlier_ns / 1e9:.3f} s, off the time line of the frames '
+                              f'around it ({self.engine.stats["outliers"]} so far): a glitched '
+                              'stamp does not restart the window')
+        if result.held:  # off the time line: the next frame says whether the stream restarted
+            # Frames farther apart than the window are held and restart by turns: both count.
+            self._watch_gaps(camera, frame.stamp_ns, reset=True)
+            return
         if result.reset:
             self._log.info(f'reset {camera.name}', 'header stamps went back or left a gap'
                            + (f' on {camera.image_topic}' if camera.name else '')
@@ -505,11 +645,55 @@ class PerceptionNode(LifecycleNode):
                     window_start_ns=ring.oldest_stamp(), header=header,
                     latency_ns=time.monotonic_ns() - received_ns))
 
-    def _end_actions(self, camera: Camera | None = None) -> None:
-        """The stream restarted or stops: every head's open action ends (END events)."""
+    def _end_actions(self, camera: Camera | None = None, *, deliver: float = 0.0,
+                     last_frame_ns: int | None = None) -> None:
+        """The stream restarted or stops: every head's open action ends (END events). With
+        `deliver`, wait up to that many seconds for the planners to acknowledge them."""
+        sent = []
         for one in self.cameras.values() if camera is None else (camera,):
             for decider in one.deciders.values():
-                self._publish_events(one, decider.reset())
+                events = decider.reset(last_frame_ns=last_frame_ns)
+                self._publish_events(one, events)
+                sent += [one.events[event.task] for event in events]
+        for publisher in dict.fromkeys(sent) if deliver > 0 else ():
+            if not publisher.wait_for_all_acked(Duration(seconds=deliver)):
+                self.get_logger().warning(f'END on {publisher.topic_name}: not every subscriber '
+                                          f'acknowledged it within {deliver:g} s (one may have '
+                                          'missed it)')
+
+    def _check_input(self) -> None:
+        """Input timer: a camera that sent no image for input_timeout_seconds ENDs its open
+        actions, dated at its last frame, and its outputs say warming_up with 0 frames."""
+        now = time.monotonic()
+        for camera in self.cameras.values():
+            silent = now - camera.last_received
+            if camera.input_lost or silent < self.config.input_timeout_seconds:
+                continue
+            camera.input_lost = True
+            with self._engine_lock:
+                last_ns = self.engine.end_stream(camera.name)
+                if last_ns is None:
+                    continue
+                self._log.warning(f'input {camera.name}',
+                                  f'no image on {camera.image_topic} for {silent:.1f} s '
+                                  f'(input_timeout_seconds={self.config.input_timeout_seconds:g})'
+                                  ': open actions end at its last frame')
+                self._end_actions(camera, last_frame_ns=last_ns)
+                header = Header(stamp=ns_to_time(last_ns), frame_id=camera.frame_id)
+                for task, decider in camera.deciders.items():
+                    camera.outputs[task].publish(warming_up_msg(
+                        decider.warming_up(), task=task, frames=0, window_start_ns=last_ns,
+                        header=header, latency_ns=0))
+
+    def leave(self) -> None:
+        """The process ends (SIGINT, SIGTERM) with no shutdown transition: an active node stops
+        its input and ENDs its open actions as deactivate does, and waits (bounded) until the
+        planners have them."""
+        if self.worker is None:
+            return  # not active: nothing is open
+        self._stop_processing()
+        self._end_actions(deliver=EXIT_DELIVERY_S)
+        self.get_logger().info('stopping: input closed, open actions ended')
 
     def _publish_events(self, camera: Camera, events: tuple[Event, ...] | list[Event]) -> None:
         for event in events:
@@ -605,19 +789,30 @@ def _params_file_problem(exc: Exception, argv: list[str]) -> str:
 
 def main(args: list[str] | None = None) -> int:
     try:
-        rclpy.init(args=args)
+        # rclpy's own handlers would shut the context down at the signal, before an END could
+        # go out: here SIGINT / SIGTERM only end the spinning, and the node leaves as
+        # deactivate would.
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # rcl parses --ros-args (and params files) here
         print(f'[FATAL] [{NODE_NAME}]: cannot start: '
               f'{_params_file_problem(exc, list(sys.argv if args is None else args))}',
               file=sys.stderr)
         return 1
+    stop: list[int] = []  # signals received
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda received, _frame: stop.append(received))
     node = None
     try:
         node = PerceptionNode()
         if node.autostart and not node.start():
             return 1
-        # Until the shutdown transition (lifecycle manager) or Ctrl-C.
-        rclpy.spin_until_future_complete(node, node.finished)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        # Until the shutdown transition (lifecycle manager), SIGINT or SIGTERM; the timeout
+        # bounds how long a signal waits to be seen.
+        while not stop and not node.finished.done():
+            executor.spin_once(timeout_sec=0.1)
+        node.leave()
     except StartupError:
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):

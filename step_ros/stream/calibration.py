@@ -84,6 +84,7 @@ def plot_reliability(path: str | Path, curves: dict[str, dict], *, title: str) -
     import matplotlib
 
     matplotlib.use('Agg')
+    matplotlib.rcParams['text.parse_math'] = False  # labels are plain text ('$' too)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from step_ros.model.backbone import BUILTIN
 from step_ros.stream.decision import DecisionConfig
 from step_ros.stream.decode import DEFAULT_MAX_PIXELS
 from step_ros.stream.engine import EngineConfig
@@ -37,8 +38,9 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     Param('backbone.weights', '/opt/step_ros/models/dinov2-vitb14',
-          "Frozen backbone: 'tiny' / 'tiny-clip' (built-in, seeded random weights) or a local "
-          'Hugging Face directory (config.json + model.safetensors) of DINOv2 or CLIP ViT.'),
+          "Frozen backbone: 'tiny' / 'tiny-clip' (built-in, seeded random weights), "
+          "'efficientnet_lite0' (ImageNet weights from its installed package; for CPUs) or a "
+          'local Hugging Face directory (config.json + model.safetensors) of DINOv2 or CLIP ViT.'),
     Param('backbone.image_size', 224,
           "Side of the square input in pixels; a multiple of the patch size (0: the model's)."),
     Param('device', 'cuda', "Inference device: 'auto', 'cpu', 'cuda' or 'cuda:N'.",
@@ -72,6 +74,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param('worker_timeout', 10.0,
           'Seconds the inference worker may spend on one frame (or leave one waiting) before '
           '/diagnostics reports it stuck (ERROR).'),
+    Param('input_timeout_seconds', 2.0,
+          'Seconds without an image from a camera (0.05 to 3600) after which its open actions '
+          'END, dated at its last frame, and its outputs say warming_up with 0 frames until '
+          'images come again.'),
     Param('cameras', [''],
           "Camera names, e.g. ['front', 'wrist']: each camera n has its inputs n/image (and "
           'n/image/compressed) and its outputs n/<heads.topics>, and all share one batched '
@@ -101,12 +107,31 @@ DEFAULTS = {p.name: p.default for p in PARAMETERS}
 # Bounds of the float parameters: finite, and sane for a camera (a window of an hour is a typo;
 # diagnostics faster than 20 Hz only load the machine).
 FLOAT_RANGES = {'window_seconds': (0.0, 3600.0), 'diagnostics_period': (0.05, 3600.0),
-                'worker_timeout': (0.1, 3600.0), 'batch_timeout_ms': (0.0, 1000.0)}
+                'worker_timeout': (0.1, 3600.0), 'batch_timeout_ms': (0.0, 1000.0),
+                'input_timeout_seconds': (0.05, 3600.0)}
 # Zero is a valid value of these (the others must be > 0).
 ZERO_ALLOWED = ('batch_timeout_ms',)
 # A camera name: relative topic name tokens (it prefixes the camera's topics).
 MAX_CAMERAS = 64  # each camera costs subscriptions, publishers and a window on the device
 CAMERA_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*')
+MAX_CAMERA_NAME = 100  # characters; a full topic name has at most 247
+# The node's own topics (relative to its namespace, per camera) that no head output may take.
+NODE_TOPICS = {'image': "the node's image input", 'image/compressed': "the node's compressed "
+               'image input', 'debug_image': "the node's debug image output",
+               '/diagnostics': "the node's /diagnostics output"}
+# Parameters a running node takes with `ros2 param set`; the others need a new configure.
+LIVE_PARAMETERS = frozenset({'top_k', 'ambiguity_margin', *(
+    f'decision.{f.name}' for f in fields(DecisionConfig))})
+RESTART = 'needs a restart: deactivate, cleanup, configure'
+
+
+def describe(param: Param) -> str:
+    """The parameter's description, saying whether a running node takes a new value."""
+    if param.name in LIVE_PARAMETERS:
+        return f'{param.description} Live: `ros2 param set` applies it to the running node.'
+    if param.name == 'autostart':
+        return f'{param.description} Read at start-up only.'
+    return f'{param.description} Not live: it {RESTART}; set it while unconfigured.'
 
 
 @dataclass(frozen=True)
@@ -128,6 +153,7 @@ class PerceptionConfig:
     worker_timeout: float = 10.0
     cameras: tuple[str, ...] = ()  # empty: the single input 'image'
     batch_timeout_ms: float = 10.0
+    input_timeout_seconds: float = 2.0
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -156,8 +182,7 @@ class PerceptionConfig:
                 opening = '(0' if low == 0 and name not in ZERO_ALLOWED else f'[{low:g}'
                 raise ConfigError(f'{name}={v[name]}: must be a number in {opening}, '
                                   f'{high:g}]')
-        if not 0.0 <= v['ambiguity_margin'] <= 1.0:
-            raise ConfigError(f"ambiguity_margin={v['ambiguity_margin']}: must be in [0, 1]")
+        decision = _check_live(v)
         if v['backbone.image_size'] < 0:
             raise ConfigError(f"backbone.image_size={v['backbone.image_size']}: must be >= 0")
         checkpoints = tuple(resolve_path(c) for c in v['heads.checkpoints'] if c)
@@ -171,11 +196,11 @@ class PerceptionConfig:
             if not Path(path).is_file():
                 raise ConfigError(f'heads.checkpoints: {path!r} does not exist')
         weights = v['backbone.weights']
-        if not weights.startswith('tiny'):
+        if weights not in BUILTIN:
             weights = resolve_path(weights)
             if not Path(weights).is_dir():
                 raise ConfigError(f'backbone.weights={weights!r}: no such directory (a local '
-                                  "Hugging Face model directory, or 'tiny')")
+                                  f'Hugging Face model directory, or one of {list(BUILTIN)})')
         cameras = tuple(c for c in v['cameras'] if c)
         if len(cameras) > MAX_CAMERAS:
             raise ConfigError(f'cameras: {len(cameras)} names, at most {MAX_CAMERAS} '
@@ -184,12 +209,16 @@ class PerceptionConfig:
             if not CAMERA_NAME.fullmatch(camera):
                 raise ConfigError(f'cameras: {camera!r} is not a camera name (letters, digits, '
                                   "'_', starting with a letter; '/' between parts)")
+            if len(camera) > MAX_CAMERA_NAME:
+                raise ConfigError(f'cameras: {camera[:40]!r}... ({len(camera)} characters) is '
+                                  f'too long: a camera name has at most {MAX_CAMERA_NAME}')
         if len(set(cameras)) != len(cameras):
             raise ConfigError(f"cameras={v['cameras']!r}: names must be distinct")
         absolute = [t for t in topics if t.startswith(('/', '~'))]
         if cameras and absolute:
             raise ConfigError(f'heads.topics={list(topics)!r}: with cameras set, topics must be '
                               f'relative (each camera n publishes n/<topic>), not {absolute[0]!r}')
+        _check_outputs(topics)
         pairs = None
         entries = [e for e in v['symmetric_pairs'] if e]
         if entries:
@@ -204,12 +233,6 @@ class PerceptionConfig:
                               infer_every=v['infer_every'], top_k=v['top_k'],
                               ambiguity_margin=v['ambiguity_margin'],
                               order_check=v['order_check'])
-        decision = DecisionConfig(**{f.name: v[f'decision.{f.name}']
-                                     for f in fields(DecisionConfig)})
-        try:
-            decision.validate()
-        except ValueError as exc:
-            raise ConfigError(f'decision.{exc}') from None
         return cls(backbone_weights=weights, image_size=v['backbone.image_size'],
                    device=v['device'], precision=v['precision'], head_checkpoints=checkpoints,
                    head_topics=topics, engine=engine, symmetric_pairs=pairs,
@@ -217,7 +240,52 @@ class PerceptionConfig:
                    debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'],
                    decision=decision, max_image_pixels=v['max_image_pixels'],
                    worker_timeout=v['worker_timeout'], cameras=cameras,
-                   batch_timeout_ms=v['batch_timeout_ms'])
+                   batch_timeout_ms=v['batch_timeout_ms'],
+                   input_timeout_seconds=v['input_timeout_seconds'])
+
+    def retuned(self, changes: dict[str, Any]) -> PerceptionConfig:
+        """This config with new values of live parameters, checked by the rules of
+        from_params; ConfigError names a parameter that needs a restart."""
+        for name in changes:
+            if name not in DEFAULTS:
+                raise ConfigError(f'unknown parameter {name!r}')
+            if name not in LIVE_PARAMETERS:
+                raise ConfigError(f'{name} {RESTART} (set it while unconfigured)')
+        v = {'top_k': self.engine.top_k, 'ambiguity_margin': self.engine.ambiguity_margin,
+             **{f'decision.{f.name}': getattr(self.decision, f.name)
+                for f in fields(DecisionConfig)}}
+        for p in PARAMETERS:
+            if p.name in changes:
+                v[p.name] = _typed(p, changes[p.name])
+        decision = _check_live(v)
+        engine = replace(self.engine, top_k=v['top_k'], ambiguity_margin=v['ambiguity_margin'])
+        return replace(self, engine=engine, decision=decision)
+
+
+def _check_live(v: dict[str, Any]) -> DecisionConfig:
+    """The rules of the live parameters (typed values in `v`); their DecisionConfig."""
+    if v['top_k'] < 1:
+        raise ConfigError(f"top_k={v['top_k']}: must be >= 1")
+    if not 0.0 <= v['ambiguity_margin'] <= 1.0:
+        raise ConfigError(f"ambiguity_margin={v['ambiguity_margin']}: must be in [0, 1]")
+    decision = DecisionConfig(**{f.name: v[f'decision.{f.name}'] for f in fields(DecisionConfig)})
+    try:
+        return decision.validate()
+    except ValueError as exc:
+        raise ConfigError(f'decision.{exc}') from None
+
+
+def _check_outputs(topics: tuple[str, ...]) -> None:
+    """Each head's topics (output, events, labels) differ from the node's and each other."""
+    taken = dict(NODE_TOPICS)
+    for topic in topics:
+        for name, what in ((topic, 'output'), (f'{topic}/events', 'events output'),
+                           (f'{topic}/labels', 'labels output')):
+            if name in taken:
+                raise ConfigError(f'heads.topics: {topic!r} gives the {what} {name!r}, which is '
+                                  f'already {taken[name]}; a head output must differ from the '
+                                  "node's inputs and other outputs")
+            taken[name] = f'the {what} of head topic {topic!r}'
 
 
 def _typed(param: Param, value: Any) -> Any:
@@ -241,7 +309,7 @@ def package_share() -> Path:
         from ament_index_python.packages import get_package_share_directory
         return Path(get_package_share_directory('step_ros'))
     except Exception:  # not installed with colcon, or ament_index not importable
-        return Path(__file__).resolve().parents[1]
+        return Path(__file__).resolve().parents[2]  # the repository root
 
 
 def resolve_path(path: str) -> str:

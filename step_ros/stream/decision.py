@@ -36,6 +36,7 @@ import numpy as np
 
 START = 'start'
 END = 'end'
+MAX_SECONDS = 60.0  # bound of smoothing_seconds and min_dwell_seconds
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,14 @@ class DecisionConfig:
                     or not math.isfinite(value):
                 raise ValueError(f'{f.name}={value!r}: expected a finite number')
         for name in ('smoothing_seconds', 'min_dwell_seconds'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'{name}={getattr(self, name)}: must be >= 0')
+            if not 0.0 <= getattr(self, name) <= MAX_SECONDS:
+                raise ValueError(f'{name}={getattr(self, name)}: must be in '
+                                 f'[0, {MAX_SECONDS:g}] seconds')
+        # A probability never reaches 1: a threshold of 1 would start (or hold back) nothing.
         for name in ('enter_threshold', 'exit_threshold', 'min_confidence'):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f'{name}={getattr(self, name)}: must be in [0, 1]')
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f'{name}={getattr(self, name)}: must be in [0, 1) (a '
+                                 'probability never reaches 1)')
         if not 0.0 < self.enter_threshold:
             raise ValueError(f'enter_threshold={self.enter_threshold}: must be > 0')
         if self.exit_threshold > self.enter_threshold:
@@ -123,6 +127,12 @@ class Decider:
         self.tau_ns = config.smoothing_seconds * 1e9
         self._clear()
 
+    def retune(self, config: DecisionConfig) -> None:
+        """New thresholds and times from the next update on; the smoothed probabilities and
+        the active action carry over."""
+        self.config = config.validate()
+        self.tau_ns = config.smoothing_seconds * 1e9
+
     # Latency model (see the module docstring), in nanoseconds.
     def start_lag_ns(self) -> int:
         return self._lag_ns(1.0 - self.config.enter_threshold)
@@ -147,15 +157,19 @@ class Decider:
         self.candidate: int | None = None
         self.candidate_since = 0  # stamp at which the candidate first reached enter_threshold
         self.last_end_ns: int | None = None  # offset estimate of the previous action
+        self.first_ns: int | None = None  # oldest frame of the stream: no onset before it
 
     def warming_up(self) -> Decision:
         return WARMING_UP
 
-    def reset(self) -> list[ActionEvent]:
-        """Stream restart (stamps went back, a gap): END an open action at the last stamp seen."""
+    def reset(self, *, last_frame_ns: int | None = None) -> list[ActionEvent]:
+        """Stream restart (stamps went back, a gap) or stop (no input): END an open action at the
+        last stamp seen, or at `last_frame_ns` (the newest frame of the stream) when later."""
         events = []
         if self.active is not None and self.last_stamp is not None:
-            events.append(self._end(offset=self.last_stamp, decided=self.last_stamp,
+            offset = self.last_stamp if last_frame_ns is None else \
+                max(self.last_stamp, last_frame_ns)
+            events.append(self._end(offset=offset, decided=offset,
                                     window_start=self.last_window_start))
         self._clear()
         return events
@@ -169,6 +183,8 @@ class Decider:
         events: list[ActionEvent] = []
         if self.last_stamp is not None and stamp_ns < self.last_stamp:
             events += self.reset()  # time went back: a new stream
+        if self.first_ns is None:
+            self.first_ns = window_start_ns
         if self.smoothed is None or self.tau_ns == 0:
             self.smoothed = probs.copy()
         else:
@@ -220,7 +236,8 @@ class Decider:
                ) -> ActionEvent:
         if self.last_end_ns is not None:
             onset = max(onset, self.last_end_ns)
-        onset = min(onset, decided)
+        # Backdating never reaches before the stream's first frame (sim time starting at 0).
+        onset = min(max(onset, self.first_ns), decided)
         self.active, self.active_since = label_id, onset
         self.active_conf_sum, self.active_updates = 0.0, 0
         return ActionEvent(task=self.task, label=self.labels[label_id], kind=START,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from step_ros.model.backbone import DTYPES, FrozenBackbone, resolve_device
-from step_ros.model.checkpoint import CheckpointError, load_head, validate_pairs
+from step_ros.model.backbone import DTYPES, BackboneInfo, FrozenBackbone, resolve_device
+from step_ros.model.checkpoint import CheckpointError, HeadMeta, load_head, validate_pairs
 from step_ros.stream.config import ConfigError, PerceptionConfig
 from step_ros.stream.engine import Head, StreamingEngine
 
@@ -20,8 +21,38 @@ def effective_precision(device: str, precision: str) -> str:
     return precision
 
 
-def build_engine(config: PerceptionConfig, *, profile: bool = False) -> StreamingEngine:
-    """Load the backbone and every head, check they fit together, return the engine."""
+def head_misfit(config: PerceptionConfig, info: BackboneInfo, meta: HeadMeta, path: str
+                ) -> str | None:
+    """Why the head cannot run with these parameters (T, image size), naming the fix."""
+    if meta.num_frames != config.engine.num_frames:
+        return (f'num_frames={config.engine.num_frames} but head {meta.task!r} was trained on '
+                f'{meta.num_frames} frames ({path}): set num_frames to {meta.num_frames}')
+    trained = meta.backbone
+    same_model = all(trained[k] == getattr(info, k) for k in ('embed_dim', 'patch_size', 'family'))
+    if same_model and trained['image_size'] != info.image_size:
+        return (f'backbone.image_size={config.image_size} gives {info.image_size} px images but '
+                f"head {meta.task!r} was trained on {trained['image_size']} px ({path}): set "
+                f"backbone.image_size to {trained['image_size']}")
+    return None
+
+
+def window_mismatch(config: PerceptionConfig, meta: HeadMeta, path: str) -> str | None:
+    """A warning when the window differs from the head's training window by over 10 %."""
+    window = config.engine.window_seconds
+    if abs(window - meta.window_seconds) <= 0.1 * meta.window_seconds:
+        return None
+    # The temporal embeddings learnt one spacing of frames; another one still runs, but
+    # accuracy is unknown there.
+    return (f'window_seconds={window} but head {meta.task!r} was trained on '
+            f'{meta.window_seconds:g} s windows ({path}): frames are spaced '
+            f'{100 * abs(window / meta.window_seconds - 1):.0f}% differently from training; '
+            f'set window_seconds to {meta.window_seconds}')
+
+
+def build_engine(config: PerceptionConfig, *, profile: bool = False,
+                 warn: Callable[[str], None] = log.warning) -> StreamingEngine:
+    """Load the backbone and every head, check they fit together, return the engine; each
+    warning (one line) goes to `warn` (the node passes its ROS logger's)."""
     precision = effective_precision(config.device, config.precision)
     backbone = FrozenBackbone.load(config.backbone_weights, image_size=config.image_size,
                                    device=config.device, precision=precision)
@@ -29,6 +60,9 @@ def build_engine(config: PerceptionConfig, *, profile: bool = False) -> Streamin
     matched: set[tuple[str, str]] = set()
     for path in config.head_checkpoints:
         module, meta = load_head(path, device=backbone.device, dtype=DTYPES[precision])
+        misfit = head_misfit(config, backbone.info, meta, path)
+        if misfit is not None:
+            raise ConfigError(misfit)
         pairs = None
         if config.symmetric_pairs is not None:
             wanted = [p for p in config.symmetric_pairs
@@ -39,18 +73,14 @@ def build_engine(config: PerceptionConfig, *, profile: bool = False) -> Streamin
             except ValueError as exc:
                 raise ConfigError(f'symmetric_pairs: {exc} (head {path})') from exc
             if not pairs and meta.symmetric_pairs:
-                log.warning('symmetric_pairs=%s names none of the labels of head %r (%s): its '
-                            'checkpoint pairs %s are replaced by none, so it flags no '
-                            'ambiguity', [':'.join(p) for p in config.symmetric_pairs],
-                            meta.task, path, [':'.join(p) for p in meta.symmetric_pairs])
+                warn(f'symmetric_pairs={[":".join(p) for p in config.symmetric_pairs]} names '
+                     f'none of the labels of head {meta.task!r} ({path}): its checkpoint pairs '
+                     f'{[":".join(p) for p in meta.symmetric_pairs]} are replaced by none, so '
+                     'it flags no ambiguity')
         heads.append(Head(module, meta, pairs))
-        window = config.engine.window_seconds
-        if abs(window - meta.window_seconds) > 0.1 * meta.window_seconds:
-            # The temporal embeddings learnt one spacing of frames; another one still runs,
-            # but accuracy is unknown there.
-            log.warning('window_seconds=%s but head %r was trained on %.3g s windows (%s): '
-                        'frames are spaced %.0f%% differently from training', window, meta.task,
-                        meta.window_seconds, path, 100 * abs(window / meta.window_seconds - 1))
+        mismatch = window_mismatch(config, meta, path)
+        if mismatch is not None:
+            warn(mismatch)
     unmatched = [':'.join(p) for p in config.symmetric_pairs or () if p not in matched]
     if unmatched:
         # A typo would otherwise silently switch ambiguity flagging off.

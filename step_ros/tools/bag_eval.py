@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from step_ros.data.bag_dataset import TIMELINE_NAME, default_timeline
 from step_ros.tools.bag_eval_many import run_many
 from step_ros.tools.bag_score import ERRORS, _num, _pct, evaluate
 
@@ -25,9 +26,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help='rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag file; repeat '
                              'it to evaluate several recordings in parallel workers')
     parser.add_argument('--topic', required=True, help='Image or CompressedImage topic')
-    parser.add_argument('--labels', type=Path, required=True, action='append',
+    parser.add_argument('--labels', type=Path, default=[], action='append',
                         help='timeline CSV: start,end,label in seconds of header-stamp time; '
-                             'one per --bag, in the same order, or one for all of them')
+                             'one per --bag, in the same order, or one for all of them '
+                             '(default: timeline.csv inside each bag directory)')
     parser.add_argument('--workers', type=int, default=0,
                         help='worker processes for several --bag (0: one per bag, at most one '
                              'per CPU core)')
@@ -51,6 +53,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
+    if not args.labels:  # as extract --bag: the timeline inside each bag directory
+        args.labels = [default_timeline(b) for b in args.bag]
+        missing = [str(b) for b, t in zip(args.bag, args.labels) if not t.is_file()]
+        if missing:
+            print(f'bag-eval: error: no --labels and no {TIMELINE_NAME} in {missing}: give '
+                  'each --bag its timeline with --labels', file=sys.stderr)
+            return 2
     if len(args.labels) not in (1, len(args.bag)):
         print(f'bag-eval: error: --labels given {len(args.labels)} times for {len(args.bag)} '
               '--bag: give one timeline per bag (same order) or one for all', file=sys.stderr)

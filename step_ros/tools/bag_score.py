@@ -174,7 +174,9 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
     decider = Decider(task=task, labels=head.labels, background=head.background,
                       config=config.decision, window_ns=window_ns,
                       switch_fraction=head.switch_fraction)
-    decisions, events = decide(records, decider=decider)
+    # The recording ends as a camera stops: an open action ENDs at its last frame (the node's
+    # input timeout), so that bag-eval and the live node give the same events.
+    decisions, events = decide(records, decider=decider, last_frame_ns=last)
     for r, d in zip(rows, decisions):
         r += [d.state.value, d.stable_label, f'{d.stable_confidence:.6f}',
               seconds(d.stable_since_ns) if d.stable_since_ns else '']

@@ -114,6 +114,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             RuntimeError) as exc:
         print(f'extract: error: {exc}', file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f'extract: error: out of memory while encoding shards of {args.shard_size} '
+              'frames; lower --shard-size', file=sys.stderr)
+        return 2
     ranks = '' if dist is None else f' by {dist.world_size} ranks'
     parts = ', '.join(f'{split} {windows} windows of {n} recording(s)'
                       for split, (windows, n) in counts.items())

@@ -22,6 +22,7 @@ from pathlib import Path
 from step_ros.data.cache_concat import concat_caches
 from step_ros.data.caches import load_cache
 from step_ros.data.features import DataError, FeatureCache
+from step_ros.data.names import safe_name
 from step_ros.distributed import rank_device, session
 from step_ros.learn.training import TrainConfig, fit_temperatures, save_run, train_heads
 from step_ros.model.heads import PRESETS, HeadConfig
@@ -52,7 +53,7 @@ def task_heads(presets: dict[str, HeadConfig], tasks: list[str], cache: FeatureC
     One task keeps the preset names; several name each head <task>_<preset>. At most one task
     may be the main `label` column (a name that is not a further column of the cache).
     """
-    tasks = list(dict.fromkeys(tasks))
+    tasks = [safe_name(t, what='--task') for t in dict.fromkeys(tasks)]  # in file names
     main = [t for t in tasks if t not in (cache.tasks or {})]
     if len(main) > 1:
         raise ValueError(f'--task {main}: all read the label column; further tasks in '
@@ -65,6 +66,18 @@ def task_heads(presets: dict[str, HeadConfig], tasks: list[str], cache: FeatureC
             heads[f'{task}_{preset}'] = config
             of[f'{task}_{preset}'] = task
     return heads, of
+
+
+def check_background(background: str | None, cache: FeatureCache, tasks: list[str]) -> None:
+    """ValueError unless `background` (None: a head without one) is a label of a trained task."""
+    if not background:
+        return
+    labels = {task: cache.task(task)[0] for task in dict.fromkeys(tasks)}
+    if not any(background in known for known in labels.values()):
+        listed = '; '.join(f'{task}: {list(known)}' for task, known in labels.items())
+        raise ValueError(f'--background {background!r} is not a label of {cache.path} ({listed}); '
+                         "name the cache's background label with --background LABEL, or "
+                         "--background '' for a head without one")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +121,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              'clips and one of recordings) with the same labels, T and backbone '
                              'are trained on as one')
     parser.add_argument('--val-cache', type=Path, default=None,
-                        help='validation cache: accuracy per epoch in the log')
+                        help='validation cache: accuracy per epoch in the log; also fits each '
+                             "head's temperature on it (stored in the checkpoint; ECE before / "
+                             'after in calibration.json)')
     parser.add_argument('--head', action='append', required=True,
                         help=f"head preset, repeatable, or 'all': {', '.join(PRESETS)}")
     parser.add_argument('--out', type=Path, required=True, help='run directory')
@@ -117,7 +132,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "or the name of the main `label` column's task (default: action)")
     parser.add_argument('--background', default='none',
                         help="the 'nothing is happening' label recorded in the checkpoint "
-                             "(default none; ignored for a task that does not have it)")
+                             "(default none); it must be a label of the cache (of one of the "
+                             "--task, the others' heads get none); '' for a head without one")
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
@@ -136,6 +152,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             val = load_cache(args.val_cache) if args.val_cache else None
             presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
             heads, tasks = task_heads(presets, args.task or ['action'], cache)
+            check_background(args.background, cache, list(tasks.values()))
             config = train_config(args)
             device = rank_device(args.device, local_rank=0) if dist is None else dist.device
             trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
