@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from step_ros.data.bag_cache import FRAMES_FORMAT, INDEX, NEWEST_FRACTION, WINDOWS_FORMAT
-from step_ros.data.bags import BagFrame, ReadStats, _bag_path, iter_frames, topic_count
+from step_ros.data.bags import BagFrame, ReadStats, bag_path, iter_frames, topic_count
 from step_ros.data.features import DataError, available_bytes, read_pairs
 from step_ros.data.names import safe_name
 from step_ros.data.timeline import load_timeline, seconds
@@ -253,7 +253,7 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
     for rec in recordings:  # one recording in two splits would leak windows between them
         # One identity per recording: its rosbag2 directory (also for its .mcap / .db3 file),
         # with relative paths and symlinks resolved.
-        key = (str(_bag_path(rec.bag).resolve()), rec.topic)
+        key = (str(bag_path(rec.bag).resolve()), rec.topic)
         if key in seen:
             raise DataError(f'bag {rec.bag!r} topic {rec.topic!r} is given twice (splits '
                             f'{seen[key]!r} and {rec.split!r}); each recording belongs to one '

@@ -101,7 +101,7 @@ def typestore():
     raise BagError(f'step_ros_msgs .msg files not found in {[str(d) for d in msg_dirs()]}')
 
 
-def _bag_path(path: str | Path) -> Path:
+def bag_path(path: str | Path) -> Path:
     """A rosbag2 directory, its .mcap / .db3 file, or a ROS 1 .bag file."""
     path = Path(path)
     if not path.exists():
@@ -117,7 +117,7 @@ def _bag_path(path: str | Path) -> Path:
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[AnyReader]:
     """An open AnyReader; any failure to read the bag becomes a BagError naming it."""
-    path = _bag_path(path)
+    path = bag_path(path)
     reader = AnyReader([path], default_typestore=typestore())
     try:
         reader.open()

@@ -387,9 +387,9 @@ class StreamingEngine:
         t3 = self._sync()
         due = []
         for i, (stream, offer, _, result) in enumerate(kept):
-            for ring, frames in zip(stream.projected, projected):
-                if frames is not None:
-                    ring[stream.ring.next].copy_(frames[i])  # the slot the tokens go to
+            for ring, rows in zip(stream.projected, projected):
+                if rows is not None:
+                    ring[stream.ring.next].copy_(rows[i])  # the slot the tokens go to
             stream.ring.append(tokens[i], offer.stamp_ns)
             if not stream.ring.full:
                 continue
