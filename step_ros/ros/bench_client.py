@@ -38,6 +38,7 @@ from step_ros.ros.bench_setup import (
     write_node_files,
 )
 from step_ros.ros.conversions import ns_to_time, stamp_to_ns
+from step_ros.ros.spinning import BackgroundSpinner
 
 MODES = {  # mode -> (rate Hz, width, height, seconds)
     'e2e': (30.0, 640, 480, 30.0),
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     node = rclpy.create_node('step_ros_bench_client')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = BackgroundSpinner(executor)
     try:
         if args.start_node:
             params = write_node_files(args.out, frames=args.frames,
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f'bench_client: wrote {path} and {picture}', file=sys.stderr)
         return 0
     finally:
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
         if process is not None:

@@ -38,6 +38,7 @@ from step_ros.ros.bench_setup import (
     write_node_files,
 )
 from step_ros.ros.conversions import ns_to_time, stamp_to_ns
+from step_ros.ros.spinning import BackgroundSpinner
 
 STATUS = 'action recognition'
 
@@ -135,7 +136,7 @@ def run_setup(label: str, *, nodes: list[tuple[Path, str, str]], topics: list[tu
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     client = Cameras(node, topics, width=args.width, height=args.height)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = BackgroundSpinner(executor)
     spinner.start()
     try:
         deadline = time.monotonic() + args.ready_timeout
@@ -177,7 +178,7 @@ def run_setup(label: str, *, nodes: list[tuple[Path, str, str]], topics: list[tu
         with client.lock:
             client.measuring = False
     finally:
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         codes = [stop_node(p) for p in processes]
     if None in before['processed'] or None in after_processed:

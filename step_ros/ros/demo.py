@@ -288,6 +288,7 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
     from step_ros.data.synth import ActionStream
     from step_ros.ros.conversions import ns_to_time, rgb_to_image, stamp_to_ns
     from step_ros.ros.perception_node import EVENT_QOS, IMAGE_QOS, LATCHED_QOS, RESULT_QOS
+    from step_ros.ros.spinning import BackgroundSpinner
 
     topic = '/' + config.head_topics[0].lstrip('/')
     # Ctrl-C as a KeyboardInterrupt in this thread: the summary is still printed.
@@ -295,7 +296,7 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
     node = rclpy.create_node('step_ros_demo')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = BackgroundSpinner(executor)
     labels: list[ActionLabels] = []
     board: Scoreboard | None = None
     try:
@@ -372,6 +373,6 @@ def _run(args, config, process: subprocess.Popen, log_path: Path) -> int:
                 print(f'demo: {line}')
         return 130
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
