@@ -12,6 +12,8 @@ COMMANDS = {
     'train': ('step_ros.tools.train', 'train one or more heads on a feature cache'),
     'eval': ('step_ros.tools.evaluate', 'accuracy (symmetric / non-symmetric / reversed) report'),
     'report': ('step_ros.tools.report', 'compare all head kinds on one cache (paper tables)'),
+    'flow': ('step_ros.tools.flow',
+             'the documented flow (extract, train, bag-eval) on synthetic recordings, scored'),
     'bag-eval': ('step_ros.tools.bag_eval', 'run the streaming engine over a rosbag and score it'),
     'bag-export': ('step_ros.tools.bag_export', "a bag's images as a video on bag time, to label"),
     'replay': ('step_ros.ros.replay', "publish a bag's images with rclpy (with /clock)"),

@@ -35,7 +35,7 @@ def make_head(path: Path, *, num_frames: int, labels: tuple[str, ...] = LABELS,
               pairs: tuple[tuple[str, str], ...] = PAIRS, task: str = 'action',
               preset: str = 'step', info: BackboneInfo | None = None, seed: int = 0,
               background: str | None = None, temperature: float = 1.0,
-              window_seconds: float = 2.0) -> Path:
+              window_seconds: float = 2.0, decision: dict | None = None) -> Path:
     """A randomly initialised head for the tiny backbone, saved as a checkpoint."""
     info = info or tiny_info()
     config = PRESETS[preset]
@@ -44,7 +44,8 @@ def make_head(path: Path, *, num_frames: int, labels: tuple[str, ...] = LABELS,
                         num_patches=info.num_patches, num_classes=len(labels))
     meta = HeadMeta(task=task, labels=tuple(labels), symmetric_pairs=tuple(pairs), head=config,
                     num_frames=num_frames, backbone=info.to_dict(), background=background,
-                    temperature=temperature, window_seconds=window_seconds)
+                    temperature=temperature, window_seconds=window_seconds,
+                    decision=decision)
     return save_head(path, module, meta)
 
 

@@ -8,9 +8,9 @@ import pytest
 from node_helpers import make_head, write_params
 
 from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS
+from step_ros.evaluate.decision_sweep import PARAMETERS, mean_rows, read_sweep
 from step_ros.tools import bag_eval
 from step_ros.tools.bag_eval_many import recording_names
-from step_ros.tools.bag_sweep import PARAMETERS, mean_rows, read_sweep
 from step_ros.tools.synth_bag import write_synth_bag
 
 TOPIC = '/camera/image_raw'

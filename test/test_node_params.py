@@ -10,7 +10,14 @@ pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from node_helpers import NodeProcess, spin_until, tiny_params  # noqa: E402
+from node_helpers import (  # noqa: E402
+    NodeProcess,
+    make_head,
+    node_with_client,
+    ros_env,
+    spin_until,
+    tiny_params,
+)
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.srv import (  # noqa: E402
     DescribeParameters,
@@ -254,3 +261,36 @@ def test_topics_are_checked_in_the_nodes_namespace_at_configure(tmp_path, namesp
             node.destroy_node()
     message = str(info.value)
     assert expected in message and '\n' not in message, message
+
+
+
+def test_a_heads_fitted_decision_is_used_named_and_retuned_live(tmp_path, env):
+    """A head whose checkpoint carries decision values fitted by train, and parameters without
+    decision.*: the node decides with the fitted values, says so at start-up, and a live
+    change applies to them (checked against the fitted enter_threshold, not the default)."""
+    fitted = {'smoothing_seconds': 1.0, 'enter_threshold': 0.8, 'exit_threshold': 0.6,
+              'min_dwell_seconds': 0.25, 'min_confidence': 0.0}
+    head = make_head(tmp_path / 'fitted.safetensors', num_frames=T, decision=fitted,
+                     window_seconds=1.0)
+    params = tiny_params(tmp_path, num_frames=T, window_seconds=1.0, image_qos='reliable',
+                         **{'heads.checkpoints': [str(head)]})
+    # A domain of its own: the module's node (same name) runs on in `env`'s.
+    own = ros_env()
+    while own['ROS_DOMAIN_ID'] == env['ROS_DOMAIN_ID']:
+        own = ros_env()
+    with node_with_client(['--params-file', str(params)], env=own, log=tmp_path / 'node.log',
+                          name='fitted_decision_test') as (node, executor, process):
+        m = Client(node, executor, process)
+        assert spin_until(m.executor, lambda: m.camera.get_subscription_count() > 0,
+                          timeout=90, process=process), f'no subscription:\n{process.output()}'
+        output = process.output()
+        assert (f"head 'action' decides with parameters from fitted by train ({head}): "
+                'smoothing_seconds 1, enter_threshold 0.8, exit_threshold 0.6, '
+                'min_dwell_seconds 0.25, min_confidence 0') in output, output
+        # 0.7 is above the default enter_threshold (0.5) but below the fitted one (0.8).
+        result, = m.set(decision__exit_threshold=0.7)
+        assert result.successful, result.reason
+        result, = m.set(decision__exit_threshold=0.85)
+        assert not result.successful
+        assert result.reason == ('decision.exit_threshold=0.85: must be <= enter_threshold '
+                                 '(0.8)'), result.reason

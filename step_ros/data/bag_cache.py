@@ -61,6 +61,9 @@ class BagFeatureCache(FeatureCache):
     window_stamps: list[tuple[int, ...]] | None = None  # header stamps of each window's frames
     window_recordings: list[int] | None = None  # recording of each window (index order)
     recordings: list[dict] | None = None
+    # Per chosen recording, every sampled frame: offset (of its first frame in tokens.frames),
+    # stamps, runs, and segments ([start_ns, end_ns, label] of its timeline, in stamp time).
+    streams: list[dict] | None = None
 
 
 def load_cache(path: str | Path) -> BagFeatureCache:
@@ -113,6 +116,7 @@ def _load_cache(path: Path) -> BagFeatureCache:
             safe_name(shard['file'], what=f'{root / INDEX}: shard file', error=DataError)
     num_frames = int(index['num_frames'])
     frames, starts, targets, stamps, owners, chosen = [], [], [], [], [], []
+    streams = []
     offset = 0
     for number, rec in enumerate(index['recordings']):
         if split is not None and rec['split'] != split:
@@ -129,6 +133,8 @@ def _load_cache(path: Path) -> BagFeatureCache:
                                 f'({part.dtype}); delete the cache directory and extract again')
         frames += tokens
         count = sum(len(t) for t in tokens)
+        streams.append(dict(offset=offset, stamps=rec['stamps'], runs=rec['runs'],
+                            segments=rec.get('segments')))
         for i, (start, label) in enumerate(rec['windows']):
             # A window is T frames of one run of this recording: never wrapped, never spilling
             # into the next recording or across a restart of the sampler.
@@ -153,7 +159,7 @@ def _load_cache(path: Path) -> BagFeatureCache:
         backbone=index['backbone'], num_frames=num_frames,
         window_seconds=float(index['window_seconds']), path=str(path),
         switch_fraction=SWITCH_FRACTION[index.get('straddle', 'drop')], window_stamps=stamps,
-        window_recordings=owners, recordings=chosen)
+        window_recordings=owners, recordings=chosen, streams=streams)
 
 
 def split_counts(out: str | Path) -> dict[str, tuple[int, int]]:

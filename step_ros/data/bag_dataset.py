@@ -311,6 +311,9 @@ def extract_bags(recordings: list[Recording], settings: NodeSettings, *, out: st
         timeline = load_timeline(rec.labels, labels=labels)
         if rec.relative:
             timeline = timeline.shifted(entry['stamps'][0])
+        # The truth in stamp time, kept with the frames: `train --val-cache` replays the whole
+        # recording through the decision stage without the timeline file.
+        entry['segments'] = [[s.start_ns, s.end_ns, s.label] for s in timeline.segments]
         entry['windows'] = [list(w) for w in label_windows(
             entry['stamps'], entry['runs'], timeline, num_frames=settings.num_frames,
             stride=stride, straddle=straddle)]

@@ -177,13 +177,45 @@ def stream_report(records: Sequence[StreamRecord], decisions: Sequence[Decision]
                 frame_map=None if fmap is None else round(fmap, 4))
 
 
+def stream_counts(records: Sequence[StreamRecord], decisions: Sequence[Decision],
+                  events: Sequence[ActionEvent], *, labels: Sequence[str],
+                  background: str | None) -> dict:
+    """What a stream did, without a timeline to score it against (the `counts` block of an
+    unlabelled bag-eval): windows, label changes per minute, START / END counts and the
+    seconds each label was active (between its START and END)."""
+    if not records:
+        raise ValueError('no predictions to count')
+    first, last = records[0].stamp_ns, records[-1].stamp_ns
+    minutes = (last - first) / 60e9
+    raw = [r.label for r in records]
+    decided = [decided_label(d, background) for d in decisions]
+    actions = [name for name in labels if name != background]
+    active_ns = dict.fromkeys(actions, 0)
+    for start, end, label in event_intervals(events, end_ns=last):
+        active_ns[label] += end - start
+    flagged = sum(r.ambiguous for r in records)
+    return dict(
+        windows=len(records), minutes=round(minutes, 3),
+        ambiguous=flagged, ambiguity_rate=round(flagged / len(records), 4),
+        raw=dict(label_changes_per_min=round(changes(raw) / minutes, 3) if minutes else None,
+                 windows={name: raw.count(name) for name in labels}),
+        decided=dict(label_changes_per_min=round(changes(decided) / minutes, 3)
+                     if minutes else None,
+                     states={s.value: sum(d.state is s for d in decisions) for s in State}),
+        starts=sum(e.kind == START for e in events), ends=sum(e.kind == END for e in events),
+        starts_per_label={name: sum(e.kind == START and e.label == name for e in events)
+                          for name in actions},
+        active_s={name: round(ns / 1e9, 3) for name, ns in active_ns.items()})
+
+
 def replay(records: Sequence[StreamRecord], config: DecisionConfig, *, task: str,
            labels: Sequence[str], background: str | None, window_ns: int, timeline: Timeline,
-           temperature: float, switch_fraction: float = 0.5) -> dict:
+           temperature: float, switch_fraction: float = 0.5,
+           last_frame_ns: int | None = None) -> dict:
     """Decide the records under `config` (for a head switching at `switch_fraction` of its
-    window) and score them."""
+    window) and score them; with `last_frame_ns`, an action open at the end ENDs there."""
     decider = Decider(task=task, labels=labels, background=background, config=config,
                       window_ns=window_ns, switch_fraction=switch_fraction)
-    decisions, events = decide(records, decider=decider)
+    decisions, events = decide(records, decider=decider, last_frame_ns=last_frame_ns)
     return stream_report(records, decisions, events, timeline=timeline, labels=labels,
                          background=background, window_ns=window_ns, temperature=temperature)

@@ -30,11 +30,12 @@ def _runs(stamps: Sequence[int], labels: Sequence[str]) -> list[tuple[int, int, 
     return out
 
 
-def plot_timeline(path: str | Path, *, timeline: Timeline, stamps: Sequence[int],
+def plot_timeline(path: str | Path, *, timeline: Timeline | None, stamps: Sequence[int],
                   raw: Sequence[str], decided: Sequence[str], events: Sequence[ActionEvent],
                   labels: Sequence[str], background: str | None, origin_ns: int,
                   title: str) -> Path:
-    """Bands of truth, raw and decided labels over bag seconds, with START / END markers."""
+    """Bands of truth, raw and decided labels over bag seconds, with START / END markers;
+    without a timeline (an unlabelled recording) no truth band."""
     plt = _pyplot()
     colours = plt.get_cmap('tab10').colors
     colour = {name: colours[i % 10] for i, name in
@@ -46,20 +47,24 @@ def plot_timeline(path: str | Path, *, timeline: Timeline, stamps: Sequence[int]
 
     span = sec(stamps[-1]) - sec(stamps[0]) if stamps else 1.0
     fig, ax = plt.subplots(figsize=(max(8.0, min(40.0, span / 4)), 3.2))
-    rows = [('truth', [(s.start_ns, s.end_ns, s.label) for s in timeline.segments]),
-            ('raw', _runs(stamps, raw)), ('decided', _runs(stamps, decided))]
+    rows = [('raw', _runs(stamps, raw)), ('decided', _runs(stamps, decided))]
+    if timeline is not None:
+        rows.insert(0, ('truth', [(s.start_ns, s.end_ns, s.label) for s in timeline.segments]))
     for y, (_, runs) in enumerate(reversed(rows)):
         for start, end, label in runs:
             ax.broken_barh([(sec(start), sec(end) - sec(start))], (y + 0.1, 0.8),
                            color=colour.get(label, (0.5, 0.5, 0.5)))
+    events_y = len(rows) + 0.15
     for e in events:
         marker, c = ('v', 'black') if e.kind == START else ('^', 'dimgrey')
-        ax.plot(sec(e.stamp_ns), 3.15, marker=marker, color=c, markersize=6)
-        ax.plot([sec(e.stamp_ns), sec(e.decided_ns)], [3.15, 3.15], color=c, linewidth=0.8)
-    ax.set_yticks([0.5, 1.5, 2.5, 3.15], ['decided', 'raw', 'truth', 'events'])
+        ax.plot(sec(e.stamp_ns), events_y, marker=marker, color=c, markersize=6)
+        ax.plot([sec(e.stamp_ns), sec(e.decided_ns)], [events_y, events_y], color=c,
+                linewidth=0.8)
+    ax.set_yticks([y + 0.5 for y in range(len(rows))] + [events_y],
+                  [name for name, _ in reversed(rows)] + ['events'])
     if stamps:
         ax.set_xlim(sec(stamps[0]) - 2.0, sec(stamps[-1]))
-    ax.set_ylim(0, 3.5)
+    ax.set_ylim(0, len(rows) + 0.5)
     ax.set_xlabel('bag time (s); events: v START, ^ END at the estimated stamp, line to the '
                   'decision')
     ax.set_title(title)

@@ -295,11 +295,13 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
              config: TrainConfig, *, task: str = 'action',
              window_seconds: float | None = None, extra: dict | None = None,
              temperatures: dict[str, float] | None = None,
-             background: str | None = None) -> list[Path]:
+             background: str | None = None,
+             decisions: dict[str, dict] | None = None) -> list[Path]:
     """Write <out>/<name>.safetensors per head, config.json, log.jsonl and curves.png.
 
-    `temperatures` (per head name, from `fit_temperatures`) and `background` (a label or None)
-    go into each checkpoint's metadata.
+    `temperatures` (per head name, from `fit_temperatures`), `background` (a label or None)
+    and `decisions` (per head name, from `decision_fit.fit_heads`) go into each checkpoint's
+    metadata.
     """
     for head in trained:  # checked before anything is written
         bad = [k for k, v in head.module.state_dict().items()
@@ -318,13 +320,17 @@ def save_run(out: str | Path, trained: list[TrainedHead], cache: FeatureCache,
         training = dict(preset=head.name, cache=cache.path, clips=len(cache.tokens),
                         config=asdict(config), params=count_trainable(head.module),
                         final={k: round(v, 4) for k, v in final.items()}, **(extra or {}))
+        fit = (decisions or {}).get(head.name)
+        if fit:
+            training['decision_fit'] = {k: v for k, v in fit.items() if k != 'values'}
         labels, _, pairs = cache.task(head.task or 'label')
         meta = HeadMeta(task=head.task or task, labels=labels, symmetric_pairs=pairs,
                         head=head.config, num_frames=cache.num_frames, backbone=cache.backbone,
                         window_seconds=float(window), training=training,
                         temperature=float((temperatures or {}).get(head.name, 1.0)),
                         background=background if background in labels else None,
-                        switch_fraction=cache.switch_fraction or 0.5)
+                        switch_fraction=cache.switch_fraction or 0.5,
+                        decision=fit['values'] if fit else None)
         paths.append(save_head(out / f'{head.name}.safetensors', head.module, meta))
     resolved = dict(train=asdict(config), task=task, window_seconds=window, cache=cache.path,
                     tasks={h.name: h.task or task for h in trained},

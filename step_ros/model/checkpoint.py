@@ -48,6 +48,9 @@ class HeadMeta:
     # frame (0.5: the window's middle, as majority labels teach; `extract --straddle newest`
     # labels teach 3/8). The decision stage backdates event stamps by it.
     switch_fraction: float = 0.5
+    # Decision-stage parameters fitted by `train --val-cache` on validation recordings
+    # ({name: value} of stream.decision.DecisionConfig), or None; checked where they are used.
+    decision: dict | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -64,7 +67,7 @@ class HeadMeta:
             num_frames=self.num_frames, feature_dim=self.feature_dim,
             backbone=self.backbone, window_seconds=self.window_seconds, training=self.training,
             temperature=self.temperature, background=self.background,
-            switch_fraction=self.switch_fraction))
+            switch_fraction=self.switch_fraction, decision=self.decision))
 
     @classmethod
     def from_json(cls, text: str) -> HeadMeta:
@@ -120,8 +123,8 @@ class HeadMeta:
 
 
 def _calibration(values: dict, labels: tuple[str, ...]) -> dict:
-    """temperature, background and switch_fraction; heads written before they existed get 1.0,
-    'none' (when that is one of their labels) and 0.5."""
+    """temperature, background, switch_fraction and decision; heads written before they
+    existed get 1.0, 'none' (when that is one of their labels), 0.5 and None."""
     temperature = values.get('temperature', 1.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
             not math.isfinite(temperature) or not temperature > 0:
@@ -133,8 +136,14 @@ def _calibration(values: dict, labels: tuple[str, ...]) -> dict:
     if isinstance(switch, bool) or not isinstance(switch, (int, float)) or \
             not 0.0 < switch <= 1.0:
         raise ValueError(f'switch_fraction={_r(switch)}: must be a number in (0, 1]')
+    decision = values.get('decision')
+    if decision is not None and not (
+            isinstance(decision, dict) and decision and len(decision) <= 16
+            and all(isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float))
+                    and math.isfinite(v) for k, v in decision.items())):
+        raise ValueError(f'decision={_r(decision)}: expected an object of finite numbers')
     return dict(temperature=float(temperature), background=background,
-                switch_fraction=float(switch))
+                switch_fraction=float(switch), decision=decision)
 
 
 def validate_pairs(labels: tuple[str, ...], pairs) -> tuple[tuple[str, str], ...]:

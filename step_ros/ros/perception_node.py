@@ -15,6 +15,8 @@ batches the due frames of the cameras through one backbone pass (`batch_timeout_
 watchdog in the diagnostics timer turns /diagnostics to ERROR when that worker died or is stuck.
 A planner is never left with an open action: an input timer ENDs those of a camera that sent
 nothing for input_timeout_seconds, and SIGINT / SIGTERM END them before the process exits.
+A camera with no image NO_IMAGES_WARN_S after activation is warned about once, with the image
+topics that do have publishers (a remapping that missed).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import rclpy
@@ -87,7 +89,7 @@ from step_ros.stream.decision import ActionEvent as Event
 from step_ros.stream.decision import Decider
 from step_ros.stream.decode import ImageRejected, check_message, decode_message
 from step_ros.stream.engine import Offer, StepResult, StreamingEngine
-from step_ros.stream.runtime import build_engine
+from step_ros.stream.runtime import build_engine, decision_for, describe_decision
 
 IMAGE_QOS = {
     'sensor_data': qos_profile_sensor_data,  # REP-2003: best effort, keep last 5
@@ -114,6 +116,10 @@ GAP_RESETS_WARNED = 3
 INPUTS = ('image', 'image/compressed')
 # A camera that sent nothing for this long is not waited for by a batch (until it sends again).
 LIVE_SECONDS = 1.0  # relative topics, also the names of the worker's slots
+# A camera that sent no image this long after activation is warned about, once per activation,
+# with the topics that have image publishers: a camera remapped to another name shows there.
+NO_IMAGES_WARN_S = 5.0
+IMAGE_TYPES = {'sensor_msgs/msg/Image': '', 'sensor_msgs/msg/CompressedImage': ' (compressed)'}
 
 
 class StartupError(RuntimeError):
@@ -179,6 +185,8 @@ class PerceptionNode(LifecycleNode):
             raise StartupError('autostart')
         self.finished = Future()  # done by the shutdown transition: main() stops spinning
         self._starting = False  # in start(): a failed configure ends the process
+        self._decision_params_set: set[str] = set()  # decision.* given by `ros2 param set`
+        self._decisions: list = []  # per head: (DecisionConfig, where it comes from)
         self.config: PerceptionConfig | None = None
         self.engine: StreamingEngine | None = None
         self.worker: Worker | None = None
@@ -192,6 +200,8 @@ class PerceptionNode(LifecycleNode):
         self._inputs: list[Subscription] = []
         self._diagnostics_timer: Timer | None = None
         self._input_timer: Timer | None = None
+        self._no_images_timer: Timer | None = None
+        self._active_since = math.inf  # monotonic s of the latest activation
         # The worker's engine steps and the input timer's ENDs change the same windows and
         # decision states: one at a time.
         self._engine_lock = threading.Lock()
@@ -232,6 +242,10 @@ class PerceptionNode(LifecycleNode):
         try:
             self.config = self._read_config()
             self.engine = build_engine(self.config, warn=self.get_logger().warning)
+            # Per head: the decision parameters and where they come from (the parameters'
+            # decision.*, those fitted into its checkpoint by train, or the defaults).
+            self._decisions = [decision_for(self.config, head.meta, path) for head, path
+                               in zip(self.engine.heads, self.config.head_checkpoints)]
         except (ConfigError, CheckpointError, BackboneError, OSError) as exc:
             return self._configure_failed(str(exc))
         except Exception:  # rclpy would turn it into an error transition without a word
@@ -254,11 +268,15 @@ class PerceptionNode(LifecycleNode):
             f'({self.engine.backbone.dtype}), heads {[h.task for h in self.engine.heads]}, '
             f'{self.config.engine.num_frames} frames over {self.config.engine.window_seconds} s'
             f'{cameras}')
+        for head, (decision, source) in zip(self.engine.heads, self._decisions):
+            self.get_logger().info(f'head {head.task!r} decides with parameters from {source}: '
+                                   f'{describe_decision(decision)}')
         return super().on_configure(state)
 
     def _configure_outputs(self, camera: Camera) -> None:
         """A camera's HumanAction, events and labels publishers per head, and its Deciders."""
-        for head, head_topic in zip(self.engine.heads, self.config.head_topics):
+        for head, head_topic, (decision, _) in zip(self.engine.heads, self.config.head_topics,
+                                                   self._decisions):
             topic = camera.prefix(head_topic)
             camera.outputs[head.task] = self.create_lifecycle_publisher(HumanAction, topic,
                                                                         RESULT_QOS)
@@ -266,7 +284,7 @@ class PerceptionNode(LifecycleNode):
                 ActionEvent, f'{topic}/events', EVENT_QOS)
             camera.deciders[head.task] = Decider(
                 task=head.task, labels=head.labels, background=head.background,
-                config=self.config.decision,
+                config=decision,
                 window_ns=round(self.config.engine.window_seconds * 1e9),
                 switch_fraction=head.switch_fraction)
             # A plain publisher, published once here: the label list describes the loaded model
@@ -294,6 +312,7 @@ class PerceptionNode(LifecycleNode):
                              stall_seconds=self.config.worker_timeout, batched=True)
         self.worker.start()
         qos = IMAGE_QOS[self.config.image_qos]
+        self._active_since = time.monotonic()
         for camera in self.cameras.values():
             raw, compressed = camera.inputs
             self._inputs.append(self.create_subscription(
@@ -310,6 +329,8 @@ class PerceptionNode(LifecycleNode):
         self._input_timer = self.create_timer(
             min(max(timeout / 4, 0.05), 1.0), self._check_input,
             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._no_images_timer = self.create_timer(
+            NO_IMAGES_WARN_S, self._warn_no_images, clock=Clock(clock_type=ClockType.STEADY_TIME))
         inputs = ', '.join(camera.image_topic for camera in self.cameras.values())
         self.get_logger().info(
             f'ready: input {inputs} ({self.config.image_qos}) -> {self.output_topics()}')
@@ -354,6 +375,9 @@ class PerceptionNode(LifecycleNode):
         if self._input_timer is not None:
             self.destroy_timer(self._input_timer)
             self._input_timer = None
+        if self._no_images_timer is not None:
+            self.destroy_timer(self._no_images_timer)
+            self._no_images_timer = None
         worker, self.worker = self.worker, None
         if worker is None:
             return
@@ -396,11 +420,16 @@ class PerceptionNode(LifecycleNode):
         # Typed by PerceptionConfig (with messages naming the parameter), not by rclpy, so that
         # e.g. `window_seconds: 2` is accepted.
         values = {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
+        overrides = getattr(self, '_parameter_overrides', {})
         # rclpy silently ignores overrides nobody declares: report typos instead.
-        for name in getattr(self, '_parameter_overrides', {}):
+        for name in overrides:
             if not self.has_parameter(name) and not name.startswith('qos_overrides.'):
                 values[name] = None
-        config = PerceptionConfig.from_params(values)
+        # decision.* given (parameters file, command line, or set while unconfigured) win over
+        # a head's fitted values; declared defaults do not.
+        given = set(overrides) | self._decision_params_set
+        config = replace(PerceptionConfig.from_params(values),
+                         decision_set=any(n.startswith('decision.') for n in given))
         self._check_topics(config)
         return config
 
@@ -445,10 +474,18 @@ class PerceptionNode(LifecycleNode):
         live parameters, checked as at configure and applied to the running decision stage
         and engine, and no other (they need a restart)."""
         changes = {p.name: p.value for p in parameters if p.name in DEFAULTS}
+        given = {n for n in changes if n.startswith('decision.')}
+        if self.config is None:
+            self._decision_params_set |= given
         if self.config is None or not changes:
             return SetParametersResult(successful=True)
         try:
-            config = self.config.retuned(changes)
+            # The changes apply to each decider's own values (a head's may be fitted), all
+            # checked before any is applied.
+            retuned = {(camera.name, task): self.config.retuned(changes, decision=decider.config)
+                       for camera in self.cameras.values()
+                       for task, decider in camera.deciders.items()}
+            config = next(iter(retuned.values()), None) or self.config.retuned(changes)
         except ConfigError as exc:
             self.get_logger().warning(f'parameter not set: {exc}')
             return SetParametersResult(successful=False, reason=str(exc))
@@ -457,8 +494,9 @@ class PerceptionNode(LifecycleNode):
         self.config = config
         self.engine.config = config.engine
         for camera in self.cameras.values():
-            for decider in camera.deciders.values():
-                decider.retune(config.decision)
+            for task, decider in camera.deciders.items():
+                decider.retune(retuned[camera.name, task].decision)
+        self._decision_params_set |= given  # a later configure keeps them too
         self.get_logger().info('parameters set: ' + ', '.join(
             f'{name}={value!r}' for name, value in changes.items()))
         return SetParametersResult(successful=True)
@@ -684,6 +722,33 @@ class PerceptionNode(LifecycleNode):
                     camera.outputs[task].publish(warming_up_msg(
                         decider.warming_up(), task=task, frames=0, window_start_ns=last_ns,
                         header=header, latency_ns=0))
+
+    def _warn_no_images(self) -> None:
+        """NO_IMAGES_WARN_S after activation, once: each camera that has had no image since
+        names its inputs and the topics of the graph that have image publishers."""
+        self._no_images_timer.cancel()  # destroyed by deactivate
+        silent = [c for c in self.cameras.values() if c.last_received < self._active_since]
+        if not silent:
+            return
+        found = ', '.join(self._image_publishers()) or 'none'
+        for camera in silent:
+            inputs = camera.image_topic + (f' or {camera.compressed_topic}'
+                                           if self.config.subscribe_compressed else '')
+            self.get_logger().warning(
+                f'no images on {inputs} {NO_IMAGES_WARN_S:g} s after activation; publishers '
+                f'of sensor_msgs/msg/Image or CompressedImage: {found}')
+
+    def _image_publishers(self) -> list[str]:
+        """The topics of type Image or CompressedImage that a node other than this one
+        publishes, compressed ones marked."""
+        me = (self.get_name(), self.get_namespace())
+        found = []
+        for topic, types in self.get_topic_names_and_types():
+            kinds = [IMAGE_TYPES[t] for t in types if t in IMAGE_TYPES]
+            if kinds and any((p.node_name, p.node_namespace) != me
+                             for p in self.get_publishers_info_by_topic(topic)):
+                found.append(topic + kinds[0])
+        return sorted(found)
 
     def leave(self) -> None:
         """The process ends (SIGINT, SIGTERM) with no shutdown transition: an active node stops

@@ -149,6 +149,9 @@ class PerceptionConfig:
     debug_image: bool
     diagnostics_period: float
     decision: DecisionConfig = DecisionConfig()
+    # True when the parameters file (or `ros2 param set`) gave a decision.* value: `decision`
+    # then wins over the values a head's checkpoint carries (runtime.decision_for).
+    decision_set: bool = False
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     worker_timeout: float = 10.0
     cameras: tuple[str, ...] = ()  # empty: the single input 'image'
@@ -239,27 +242,31 @@ class PerceptionConfig:
                    image_qos=v['image_qos'], subscribe_compressed=v['subscribe_compressed'],
                    debug_image=v['debug_image'], diagnostics_period=v['diagnostics_period'],
                    decision=decision, max_image_pixels=v['max_image_pixels'],
+                   decision_set=any(k.startswith('decision.') for k in values),
                    worker_timeout=v['worker_timeout'], cameras=cameras,
                    batch_timeout_ms=v['batch_timeout_ms'],
                    input_timeout_seconds=v['input_timeout_seconds'])
 
-    def retuned(self, changes: dict[str, Any]) -> PerceptionConfig:
+    def retuned(self, changes: dict[str, Any], *, decision: DecisionConfig | None = None
+                ) -> PerceptionConfig:
         """This config with new values of live parameters, checked by the rules of
-        from_params; ConfigError names a parameter that needs a restart."""
+        from_params; ConfigError names a parameter that needs a restart. `decision`: the
+        decision values the changes apply to (a head's fitted ones), instead of this config's."""
         for name in changes:
             if name not in DEFAULTS:
                 raise ConfigError(f'unknown parameter {name!r}')
             if name not in LIVE_PARAMETERS:
                 raise ConfigError(f'{name} {RESTART} (set it while unconfigured)')
         v = {'top_k': self.engine.top_k, 'ambiguity_margin': self.engine.ambiguity_margin,
-             **{f'decision.{f.name}': getattr(self.decision, f.name)
+             **{f'decision.{f.name}': getattr(decision or self.decision, f.name)
                 for f in fields(DecisionConfig)}}
         for p in PARAMETERS:
             if p.name in changes:
                 v[p.name] = _typed(p, changes[p.name])
         decision = _check_live(v)
         engine = replace(self.engine, top_k=v['top_k'], ambiguity_margin=v['ambiguity_margin'])
-        return replace(self, engine=engine, decision=decision)
+        return replace(self, engine=engine, decision=decision, decision_set=self.decision_set
+                       or any(k.startswith('decision.') for k in changes))
 
 
 def _check_live(v: dict[str, Any]) -> DecisionConfig:

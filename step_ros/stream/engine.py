@@ -467,14 +467,8 @@ class StreamingEngine:
         label = head.labels[best]
         margin = float(forward[best] - forward[second])
         counterpart = head.counterpart.get(label, '')
-        reason = ''
-        if counterpart and head.labels[second] == counterpart and \
-                margin < self.config.ambiguity_margin:
-            reason = 'margin'
-        elif counterpart and self.config.order_check:
-            j = head.labels.index(counterpart)
-            if Head.order_shift(forward, probs[1], best, j) < ORDER_MIN_SHIFT:
-                reason = 'order'
+        reason = ambiguity(forward, probs[1] if self.config.order_check else None, head,
+                           margin=self.config.ambiguity_margin)
         k = self.config.top_k
         return Prediction(
             task=head.task, label=label, label_id=best, confidence=float(forward[best]),
@@ -484,6 +478,24 @@ class StreamingEngine:
             margin=margin, frames=ring.count, stamp_ns=stamp_ns,
             window_start_ns=ring.oldest_stamp(), received_ns=received_ns,
             probs=tuple(float(p) for p in forward))
+
+
+def ambiguity(forward: np.ndarray, reverse: np.ndarray | None, head: Head, *,
+              margin: float) -> str:
+    """Why a window's top-1 is ambiguous: 'margin' (its symmetric counterpart is second and
+    closer than `margin`), 'order' (with the reversed window's probabilities: reversing the
+    frames does not move probability towards the counterpart), or '' when it is not."""
+    order = np.argsort(-forward, kind='stable')
+    best, second = int(order[0]), int(order[1])
+    counterpart = head.counterpart.get(head.labels[best], '')
+    if not counterpart:
+        return ''
+    if head.labels[second] == counterpart and float(forward[best] - forward[second]) < margin:
+        return 'margin'
+    if reverse is not None and Head.order_shift(
+            forward, reverse, best, head.labels.index(counterpart)) < ORDER_MIN_SHIFT:
+        return 'order'
+    return ''
 
 
 def _with_timings(prediction: Prediction, timings: dict) -> Prediction:

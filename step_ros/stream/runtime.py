@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import fields
 
 from step_ros.model.backbone import DTYPES, BackboneInfo, FrozenBackbone, resolve_device
 from step_ros.model.checkpoint import CheckpointError, HeadMeta, load_head, validate_pairs
 from step_ros.stream.config import ConfigError, PerceptionConfig
+from step_ros.stream.decision import DecisionConfig
 from step_ros.stream.engine import Head, StreamingEngine
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,34 @@ def window_mismatch(config: PerceptionConfig, meta: HeadMeta, path: str) -> str 
             f'{meta.window_seconds:g} s windows ({path}): frames are spaced '
             f'{100 * abs(window / meta.window_seconds - 1):.0f}% differently from training; '
             f'set window_seconds to {meta.window_seconds}')
+
+
+def decision_for(config: PerceptionConfig, meta: HeadMeta, path: str
+                 ) -> tuple[DecisionConfig, str]:
+    """The decision parameters a head is decided with, and where they come from: the
+    parameters file's `decision.*` when it sets any, else those `train --val-cache` fitted into
+    the checkpoint, else the defaults. CheckpointError when the fitted ones are not valid."""
+    if config.decision_set:
+        return config.decision, 'the parameters (decision.*)'
+    if meta.decision is None:
+        return config.decision, 'the defaults (the head has no fitted decision parameters)'
+    names = {f.name for f in fields(DecisionConfig)}
+    unknown = sorted(set(meta.decision) - names)
+    try:
+        if unknown:
+            raise ValueError(f'unknown {unknown}')
+        fitted = DecisionConfig(**{**vars(config.decision), **meta.decision}).validate()
+    except ValueError as exc:
+        raise CheckpointError(f'{path}: fitted decision parameters: {exc}; train the head '
+                              'again or set decision.* in the parameters') from None
+    fit = meta.training.get('decision_fit') or {}
+    where = f" on {fit['recordings']} validation recording(s)" if 'recordings' in fit else ''
+    return fitted, f'fitted by train{where} ({path})'
+
+
+def describe_decision(decision: DecisionConfig) -> str:
+    """The decision parameters on one line."""
+    return ', '.join(f'{f.name} {getattr(decision, f.name):g}' for f in fields(DecisionConfig))
 
 
 def build_engine(config: PerceptionConfig, *, profile: bool = False,

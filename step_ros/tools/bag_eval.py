@@ -7,6 +7,8 @@ a timeline CSV (`start,end,label`, seconds of header-stamp time) at the stamp of
 frame, and again over 'full windows' (oldest and newest frame inside one segment); the decision
 stage runs over the same predictions and both streams are scored as streams (bag_score).
 Several --bag (each with its timeline) run in parallel worker processes (bag_eval_many).
+A bag given no --labels and holding no timeline.csv runs unlabelled: its raw predictions, decided
+stream, START / END events and timeline picture are written with counts, and nothing is scored.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--labels', type=Path, default=[], action='append',
                         help='timeline CSV: start,end,label in seconds of header-stamp time; '
                              'one per --bag, in the same order, or one for all of them '
-                             '(default: timeline.csv inside each bag directory)')
+                             '(default: timeline.csv inside each bag directory; a bag '
+                             'without one is run unlabelled: its predictions, decided stream, '
+                             'events and timeline.png are written, nothing is scored)')
     parser.add_argument('--workers', type=int, default=0,
                         help='worker processes for several --bag (0: one per bag, at most one '
                              'per CPU core)')
@@ -46,20 +50,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="timeline seconds count from the first image's stamp")
     parser.add_argument('--sweep', action='store_true',
                         help='also replay the predictions under a grid of decision.* '
-                             'parameters: OUT/sweep.csv, sweep.md, sweep.png')
+                             'parameters: OUT/sweep.csv, sweep.md, sweep.png (needs labels)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
-    if not args.labels:  # as extract --bag: the timeline inside each bag directory
-        args.labels = [default_timeline(b) for b in args.bag]
-        missing = [str(b) for b, t in zip(args.bag, args.labels) if not t.is_file()]
-        if missing:
-            print(f'bag-eval: error: no --labels and no {TIMELINE_NAME} in {missing}: give '
-                  'each --bag its timeline with --labels', file=sys.stderr)
+    if not args.labels:  # as extract --bag: the timeline inside each bag directory, if any
+        timelines = [default_timeline(b) for b in args.bag]
+        missing = [str(b) for b, t in zip(args.bag, timelines) if not t.is_file()]
+        if missing and args.sweep:
+            print(f'bag-eval: error: --sweep needs labels: no --labels and no {TIMELINE_NAME} '
+                  f'in {missing}: give each --bag its timeline with --labels, or leave out '
+                  '--sweep', file=sys.stderr)
             return 2
+        # A bag without one is evaluated unlabelled: its streams are written, not scored.
+        args.labels = [t if t.is_file() else None for t in timelines]
     if len(args.labels) not in (1, len(args.bag)):
         print(f'bag-eval: error: --labels given {len(args.labels)} times for {len(args.bag)} '
               '--bag: give one timeline per bag (same order) or one for all', file=sys.stderr)
@@ -75,6 +82,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ERRORS as exc:
         print(f'bag-eval: error: {exc}', file=sys.stderr)
         return 2
+    print(f"bag-eval: decision parameters from {report['decision_source']}: "
+          + ', '.join(f'{k} {v:g}' for k, v in report['decision'].items()))
+    if report['labels'] is None:
+        c = report['counts']
+        print(f"bag-eval: no labels given (no --labels, no {TIMELINE_NAME} in {args.bag}): "
+              f"nothing scored; {report['predictions']} predictions, decided label changes / "
+              f"min {_num(c['decided']['label_changes_per_min'])}, {c['starts']} STARTs; "
+              f"{report['timing']['realtime_factor']}x real time; wrote {args.out}")
+        return 0
     s = report['at_stamp']
     t = report['timing']
     raw, decided = report['stream']['raw'], report['stream']['decided']

@@ -6,7 +6,9 @@ outputs to OUT/<recording>/. The parent then scores the union of all recordings'
 with the same `score` and writes OUT/report.json (per recording and overall) and OUT/report.md,
 with each recording's decided-stream scores and their mean over the recordings. With --sweep it
 also writes OUT/sweep.csv / sweep.md / sweep.png: every grid point's scores averaged over the
-recordings, for choosing the `decision.*` parameters on all of them at once.
+recordings, for choosing the `decision.*` parameters on all of them at once. A recording without
+labels (no --labels, no timeline.csv) writes its outputs but is left out of every score; the
+merged report lists it with its counts and says it is unlabelled.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 from tqdm import tqdm
 
 from step_ros.data.names import safe_name
+from step_ros.evaluate import decision_sweep as bag_sweep
 from step_ros.stream.decision import DecisionConfig
-from step_ros.tools import bag_score, bag_sweep
+from step_ros.tools import bag_score
 
 
 def recording_names(bags: list[Path]) -> list[str]:
@@ -90,6 +93,14 @@ def run_many(args: argparse.Namespace) -> int:
         report['overall']['sweep'] = merge_sweeps(args.out, [r for r, *_ in results], names)
     (args.out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     (args.out / 'report.md').write_text(markdown(report))
+    unscored = report['overall']['unlabelled_recordings']
+    if len(unscored) == len(bags):
+        print(f"bag-eval: {len(bags)} recordings, no labels given for any (no --labels, no "
+              f"timeline.csv): nothing scored; {report['overall']['predictions']} predictions; "
+              f'{workers} workers; wrote {args.out}')
+        return 0
+    if unscored:
+        print(f'bag-eval: {len(unscored)} recordings without labels, not scored: {unscored}')
     s = report['overall']['at_stamp']
     print(f"bag-eval: {len(bags)} recordings, {report['overall']['predictions']} predictions, "
           f"overall accuracy {bag_score._pct(s['accuracy'])} (symmetric "
@@ -102,29 +113,40 @@ def run_many(args: argparse.Namespace) -> int:
 def merge(reports: list[dict], at_stamp: list[list], full: list[list], *, names: list[str],
           wall_s: float, workers: int) -> dict:
     """One report: every recording's summary and the scores of all their predictions (one
-    config, so one head and one class list for all)."""
+    config, so one head and one class list for all). Recordings without labels are listed with
+    their counts and left out of every score; with none labelled, nothing is scored."""
     first = reports[0]
     labels = tuple(first['classes'])
     symmetric = {label for pair in first['symmetric_pairs'] for label in pair}
     bag_s = sum(r['timing']['bag_s'] for r in reports)
-    recordings = [dict(name=name, bag=r['bag'], labels=r['labels'], out=name,
-                       predictions=r['predictions'], unlabelled=r['unlabelled'],
-                       at_stamp=r['at_stamp'], full_window=r['full_window'],
-                       stream=stream_summary(r), timing=r['timing'])
-                  for name, r in zip(names, reports)]
+    recordings = [_recording(name, r) for name, r in zip(names, reports)]
+    scored = [r for r in recordings if r['labels'] is not None]
     overall = dict(
         predictions=sum(r['predictions'] for r in reports),
         unlabelled=sum(r['unlabelled'] for r in reports),
-        at_stamp=bag_score.score([x for part in at_stamp for x in part], labels=labels,
-                                symmetric=symmetric),
-        full_window=bag_score.score([x for part in full for x in part], labels=labels,
-                                   symmetric=symmetric),
-        stream_mean=bag_sweep.mean_row([r['stream'] for r in recordings]),
-        timing=dict(wall_s=round(wall_s, 3), bag_s=round(bag_s, 3), workers=workers,
-                    realtime_factor=round(bag_s / wall_s, 2) if wall_s > 0 else None))
+        unlabelled_recordings=[r['name'] for r in recordings if r['labels'] is None])
+    if scored:
+        overall.update(
+            at_stamp=bag_score.score([x for part in at_stamp for x in part], labels=labels,
+                                     symmetric=symmetric),
+            full_window=bag_score.score([x for part in full for x in part], labels=labels,
+                                        symmetric=symmetric),
+            stream_mean=bag_sweep.mean_row([r['stream'] for r in scored]))
+    overall['timing'] = dict(wall_s=round(wall_s, 3), bag_s=round(bag_s, 3), workers=workers,
+                             realtime_factor=round(bag_s / wall_s, 2) if wall_s > 0 else None)
     return dict(topic=first['topic'], config=first['config'], task=first['task'],
                 classes=list(labels), symmetric_pairs=first['symmetric_pairs'],
                 recordings=recordings, overall=overall)
+
+
+def _recording(name: str, r: dict) -> dict:
+    """A recording's entry in the merged report: its scores, or its counts when unlabelled."""
+    common = dict(name=name, bag=r['bag'], labels=r['labels'], out=name,
+                  predictions=r['predictions'], unlabelled=r['unlabelled'])
+    if r['labels'] is None:
+        return dict(common, counts=r['counts'], timing=r['timing'])
+    return dict(common, at_stamp=r['at_stamp'], full_window=r['full_window'],
+                stream=stream_summary(r), timing=r['timing'])
 
 
 def stream_summary(report: dict) -> dict:
@@ -153,35 +175,62 @@ STREAM_COLUMNS = (('score', 'score'), ('edit_score', 'edit'), ('f1_at_0.25', 'F1
 
 
 def markdown(report: dict) -> str:
-    """report.md of several recordings: one row per recording, then all together."""
+    """report.md of several recordings: one row per recording, then all together; recordings
+    without labels in a section of their own, with counts and no scores."""
     pct = bag_score._pct
     o = report['overall']
     lines = [f"# bag-eval: {len(report['recordings'])} recordings, {report['topic']}", '',
              f"Config `{report['config']}`, head `{report['task']}`; {o['timing']['workers']} "
              f"worker processes, {o['timing']['bag_s']} s of bags in {o['timing']['wall_s']} s "
              f"({o['timing']['realtime_factor']}x real time). Per recording: "
-             '`<name>/report.md`.', '',
-             '| recording | predictions | n | overall | symmetric | non-symmetric | '
-             'ambiguity rate | full windows |', '|---|---|---|---|---|---|---|---|']
-    rows = [(r['name'], r) for r in report['recordings']] + [('**all**', o)]
-    for name, r in rows:
-        s, f = r['at_stamp'], r['full_window']
-        lines.append(f"| {name} | {r['predictions']} | {s['n']} | {pct(s['accuracy'])} | "
-                     f"{pct(s['symmetric']['accuracy'])} | "
-                     f"{pct(s['non_symmetric']['accuracy'])} | {pct(s['ambiguity_rate'])} | "
-                     f"{pct(f['accuracy'])} (n={f['n']}) |")
-    lines += ['', "## The decided stream (the config's `decision.*`; mean of the recordings)",
-              '',
-              '| recording | ' + ' | '.join(name for _, name in STREAM_COLUMNS) + ' |',
-              '|---' * (len(STREAM_COLUMNS) + 1) + '|']
-    rows = [(r['name'], r['stream']) for r in report['recordings']] + \
-        [('**mean**', o['stream_mean'])]
-    for name, st in rows:
-        lines.append(f'| {name} | ' + ' | '.join(bag_score._num(st[key])
-                                                   for key, _ in STREAM_COLUMNS) + ' |')
+             '`<name>/report.md`.']
+    scored = [r for r in report['recordings'] if r['labels'] is not None]
+    if scored:
+        lines += ['', '| recording | predictions | n | overall | symmetric | non-symmetric | '
+                  'ambiguity rate | full windows |', '|---|---|---|---|---|---|---|---|']
+        for name, r in [(r['name'], r) for r in scored] + [('**all**', o)]:
+            s, f = r['at_stamp'], r['full_window']
+            lines.append(f"| {name} | {r['predictions']} | {s['n']} | {pct(s['accuracy'])} | "
+                         f"{pct(s['symmetric']['accuracy'])} | "
+                         f"{pct(s['non_symmetric']['accuracy'])} | "
+                         f"{pct(s['ambiguity_rate'])} | {pct(f['accuracy'])} (n={f['n']}) |")
+        lines += ['', "## The decided stream (the config's `decision.*`; mean of the "
+                  'recordings)', '',
+                  '| recording | ' + ' | '.join(name for _, name in STREAM_COLUMNS) + ' |',
+                  '|---' * (len(STREAM_COLUMNS) + 1) + '|']
+        for name, st in [(r['name'], r['stream']) for r in scored] + \
+                [('**mean**', o['stream_mean'])]:
+            lines.append(f'| {name} | ' + ' | '.join(bag_score._num(st[key])
+                                                       for key, _ in STREAM_COLUMNS) + ' |')
     if 'sweep' in o:
         best = o['sweep']['best']
         lines += ['', f"Sweep ({o['sweep']['points']} points, `sweep.md`): the best mean score "
                   f"{best['score']} at " + ', '.join(f'{k} {best[k]:g}'
                                                     for k in bag_sweep.PARAMETERS) + '.']
+    unscored = [r for r in report['recordings'] if r['labels'] is None]
+    if unscored:
+        lines += _unlabelled_markdown(unscored, every=not scored)
     return '\n'.join(lines) + '\n'
+
+
+def _unlabelled_markdown(recordings: list[dict], *, every: bool) -> list[str]:
+    """The recordings without labels: what their streams did, nothing scored."""
+    which = 'No recording has labels' if every else \
+        'These recordings have no labels (they are left out of every score above)'
+
+    def per_label(block: dict) -> str:
+        return ', '.join(f'{k} {v}' for k, v in block.items() if v) or '-'
+
+    lines = ['', '## Unlabelled recordings', '',
+             f'{which}: no --labels and no timeline.csv in their bag directories, so they are '
+             'not scored (no accuracies, no F1). Their predictions, decided stream, events and '
+             'timeline.png are in `<name>/`.', '',
+             '| recording | predictions | minutes | raw changes / min | decided changes / min | '
+             'STARTs | STARTs per label | active s per label |', '|---' * 8 + '|']
+    for r in recordings:
+        c = r['counts']
+        lines.append(f"| {r['name']} | {r['predictions']} | {c['minutes']} | "
+                     f"{bag_score._num(c['raw']['label_changes_per_min'])} | "
+                     f"{bag_score._num(c['decided']['label_changes_per_min'])} | {c['starts']} | "
+                     f"{per_label(c['starts_per_label'])} | {per_label(c['active_s'])} |")
+    return lines

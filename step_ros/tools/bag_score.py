@@ -12,11 +12,14 @@ accuracy, label changes per minute, edit score, F1@IoU, START events, calibratio
 
 Writes to --out: report.json, report.md, predictions.csv, events.csv (the decided START / END
 events), timeline.png (truth, raw, decided, events), reliability.png, params.yaml (the resolved
-parameters), with --sweep sweep.csv / sweep.md / sweep.png (see bag_sweep), and, with
+parameters), with --sweep sweep.csv / sweep.md / sweep.png (see evaluate.decision_sweep), and, with
 --write-bag, bag/ (mcap rosbag2: the images and the HumanAction stream beside them).
 Several --bag (each with its timeline) run in parallel worker processes, each writing those
 files to OUT/<recording>/, and one merged report.json / report.md in OUT scores every recording
 and all of them together (see step_ros/tools/bag_eval_many.py).
+Without a timeline (no --labels and no timeline.csv in the bag directory) nothing is scored: the
+same predictions.csv, events.csv, params.yaml and timeline.png (no truth band) are written, with
+a report of counts (step_ros.evaluate.stream_eval.stream_counts) saying no labels were given.
 """
 
 from __future__ import annotations
@@ -32,17 +35,23 @@ import yaml
 from tqdm import tqdm
 
 from step_ros.data.bags import BagError, BagWriter, ReadStats, iter_frames, topic_count
-from step_ros.data.timeline import TimelineError, load_timeline, seconds
-from step_ros.evaluate.stream_eval import StreamRecord, decide, decided_label, stream_report
+from step_ros.data.timeline import Timeline, TimelineError, load_timeline, seconds
+from step_ros.evaluate import decision_sweep as bag_sweep
+from step_ros.evaluate.stream_eval import (
+    StreamRecord,
+    decide,
+    decided_label,
+    stream_counts,
+    stream_report,
+)
 from step_ros.evaluate.stream_plots import plot_timeline
 from step_ros.model.backbone import BackboneError
 from step_ros.model.checkpoint import CheckpointError
 from step_ros.stream.calibration import plot_reliability
 from step_ros.stream.config import ConfigError, PerceptionConfig, load_params_file
-from step_ros.stream.decision import Decider
-from step_ros.stream.engine import NonFiniteScores
-from step_ros.stream.runtime import build_engine
-from step_ros.tools import bag_sweep
+from step_ros.stream.decision import ActionEvent, Decider, Decision
+from step_ros.stream.engine import Head, NonFiniteScores
+from step_ros.stream.runtime import build_engine, decision_for
 
 ERRORS = (BagError, TimelineError, ConfigError, CheckpointError, BackboneError,
           NonFiniteScores)
@@ -96,17 +105,21 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
     """evaluate(), also returning the scored (truth, predicted, ambiguous) records: at the
-    newest frame's stamp and over full windows."""
+    newest frame's stamp and over full windows (none for an unlabelled recording)."""
     params, config = _resolve_params(args)
     total = topic_count(args.bag, args.topic)  # a missing / wrong topic fails before the model
-    timeline = load_timeline(args.labels)
+    # No timeline (an unlabelled recording): the streams are written and counted, not scored.
+    timeline = None if args.labels is None else load_timeline(args.labels)
     engine = build_engine(config)
     heads = {h.task: h for h in engine.heads}
     task = args.task or engine.heads[0].task
     if task not in heads:
         raise ConfigError(f"--task {task!r}: the config's heads are {sorted(heads)}")
     head = heads[task]
-    timeline.check_labels(head.labels)
+    decision, decision_source = decision_for(
+        config, head.meta, config.head_checkpoints[engine.heads.index(head)])
+    if timeline is not None:
+        timeline.check_labels(head.labels)
     topics = {h.task: '/' + t.lstrip('/') for h, t in zip(engine.heads, config.head_topics)}
 
     out: Path = args.out
@@ -126,7 +139,7 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                           disable=args.no_progress):
             if first is None:
                 first = frame.stamp_ns
-                if args.relative:
+                if args.relative and timeline is not None:
                     timeline = timeline.shifted(first)
             last = frame.stamp_ns
             received = time.monotonic_ns()
@@ -147,8 +160,10 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                     probs=np.asarray(p.probs), ambiguous=p.ambiguous,
                     reset_before=reset_pending))
                 reset_pending = False
-                truth = timeline.label_at(p.stamp_ns)
-                truth_full = timeline.label_over(p.window_start_ns, p.stamp_ns)
+                truth = truth_full = None
+                if timeline is not None:
+                    truth = timeline.label_at(p.stamp_ns)
+                    truth_full = timeline.label_over(p.window_start_ns, p.stamp_ns)
                 if truth is not None:
                     at_stamp.append((truth, p.label, p.ambiguous))
                 if truth_full is not None:
@@ -172,7 +187,7 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                        'sampled frames)')
     window_ns = int(round(config.engine.window_seconds * 1e9))
     decider = Decider(task=task, labels=head.labels, background=head.background,
-                      config=config.decision, window_ns=window_ns,
+                      config=decision, window_ns=window_ns,
                       switch_fraction=head.switch_fraction)
     # The recording ends as a camera stops: an open action ENDs at its last frame (the node's
     # input timeout), so that bag-eval and the live node give the same events.
@@ -180,6 +195,26 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
     for r, d in zip(rows, decisions):
         r += [d.state.value, d.stable_label, f'{d.stable_confidence:.6f}',
               seconds(d.stable_since_ns) if d.stable_since_ns else '']
+    bag_seconds = (last - first) / 1e9
+    timing = dict(wall_s=round(wall, 3), bag_s=round(bag_seconds, 3),
+                  realtime_factor=round(bag_seconds / wall, 2) if wall > 0 else None,
+                  frames_per_s=round(stats.messages / wall, 1) if wall > 0 else None,
+                  process_ms_p50=_percentile(process_ms, 50),
+                  process_ms_p99=_percentile(process_ms, 99))
+    if timeline is None:
+        report = dict(
+            bag=str(args.bag), topic=args.topic, labels=None, config=str(args.config),
+            task=task, classes=list(head.labels), symmetric_pairs=[list(p) for p in head.pairs],
+            images=stats.to_dict(), engine=dict(engine.stats), predictions=len(rows),
+            unlabelled=len(rows), timing=timing, background=head.background,
+            decision=dict(vars(decision)), decision_source=decision_source,
+            counts=stream_counts(records, decisions, events, labels=head.labels,
+                                 background=head.background))
+        _write_outputs(out, report, rows, params)
+        _write_events(out / 'events.csv', events)
+        _plot_timeline(out, args.bag, None, records, decisions, events, head=head, task=task,
+                       origin_ns=first)
+        return report, [], []
     streams = stream_report(records, decisions, events, timeline=timeline, labels=head.labels,
                             background=head.background, window_ns=window_ns,
                             temperature=head.temperature)
@@ -187,20 +222,15 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
               for k in ('ece_uncalibrated', 'ece')}
 
     symmetric = {label for pair in head.pairs for label in pair}
-    bag_seconds = (last - first) / 1e9
     report = dict(
         bag=str(args.bag), topic=args.topic, labels=str(args.labels), config=str(args.config),
         task=task, classes=list(head.labels), symmetric_pairs=[list(p) for p in head.pairs],
         images=stats.to_dict(), engine=dict(engine.stats),
         predictions=len(rows), unlabelled=len(rows) - len(at_stamp),
         at_stamp=score(at_stamp, labels=head.labels, symmetric=symmetric),
-        full_window=score(full, labels=head.labels, symmetric=symmetric),
-        timing=dict(wall_s=round(wall, 3), bag_s=round(bag_seconds, 3),
-                    realtime_factor=round(bag_seconds / wall, 2) if wall > 0 else None,
-                    frames_per_s=round(stats.messages / wall, 1) if wall > 0 else None,
-                    process_ms_p50=_percentile(process_ms, 50),
-                    process_ms_p99=_percentile(process_ms, 99)),
-        background=head.background, decision=dict(vars(config.decision)), **streams)
+        full_window=score(full, labels=head.labels, symmetric=symmetric), timing=timing,
+        background=head.background, decision=dict(vars(decision)),
+        decision_source=decision_source, **streams)
     _write_outputs(out, report, rows, params)
     if not at_stamp:
         span = f'{seconds(timeline.segments[0].start_ns)}-{seconds(timeline.segments[-1].end_ns)}'
@@ -209,11 +239,8 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                             f'predictions (images {seconds(first)}-{seconds(last)} s) falls '
                             f'inside the timeline ({span} s){hint}')
     _write_events(out / 'events.csv', events)
-    plot_timeline(out / 'timeline.png', timeline=timeline, stamps=[r.stamp_ns for r in records],
-                  raw=[r.label for r in records],
-                  decided=[decided_label(d, head.background) for d in decisions],
-                  events=events, labels=head.labels, background=head.background,
-                  origin_ns=first, title=f'{args.bag.name}: truth, raw and decided ({task})')
+    _plot_timeline(out, args.bag, timeline, records, decisions, events, head=head, task=task,
+                   origin_ns=first)
     if all(curves.values()):
         plot_reliability(out / 'reliability.png',
                          {'softmax(z)': curves['ece_uncalibrated'],
@@ -221,13 +248,26 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
                          title=f'{args.bag.name}: pure windows')
     if args.sweep:
         points, chosen = bag_sweep.run_sweep(
-            out, records, configured=config.decision, task=task, labels=head.labels,
+            out, records, configured=decision, task=task, labels=head.labels,
             background=head.background, window_ns=window_ns, timeline=timeline,
             temperature=head.temperature, switch_fraction=head.switch_fraction,
             progress=not args.no_progress)
         report['sweep'] = dict(points=len(points), best=points[0], configured=chosen)
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report, at_stamp, full
+
+
+def _plot_timeline(out: Path, bag: Path, timeline: Timeline | None,
+                   records: list[StreamRecord], decisions: list[Decision],
+                   events: list[ActionEvent], *, head: Head, task: str,
+                   origin_ns: int) -> None:
+    """OUT/timeline.png: truth (when labelled), raw and decided bands, the events."""
+    bands = 'raw and decided, no labels' if timeline is None else 'truth, raw and decided'
+    plot_timeline(out / 'timeline.png', timeline=timeline, stamps=[r.stamp_ns for r in records],
+                  raw=[r.label for r in records],
+                  decided=[decided_label(d, head.background) for d in decisions],
+                  events=events, labels=head.labels, background=head.background,
+                  origin_ns=origin_ns, title=f'{bag.name}: {bands} ({task})')
 
 
 EVENT_COLUMNS = ('kind', 'label', 'stamp', 'decided', 'window_start', 'confidence',
@@ -268,8 +308,14 @@ def _pct(value: float | None) -> str:
     return '-' if value is None else f'{100 * value:.1f} %'
 
 
+NOT_SCORED = ('No labels were given (no --labels and no timeline.csv in the bag directory), '
+              'so nothing is scored: no accuracies, no F1.')
+
+
 def markdown(report: dict) -> str:
     """A human-readable report.md."""
+    if report['labels'] is None:
+        return unlabelled_markdown(report)
     t = report['timing']
     images = report['images']
     lines = [
@@ -305,6 +351,38 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines + stream_markdown(report)) + '\n'
 
 
+def unlabelled_markdown(report: dict) -> str:
+    """report.md of a recording without labels: what the streams did, nothing scored."""
+    t, images, c = report['timing'], report['images'], report['counts']
+    background = report['background']
+    lines = [
+        f"# bag-eval: {report['bag']} {report['topic']} (unlabelled)", '',
+        f"Config `{report['config']}`, head `{report['task']}`. {NOT_SCORED} Below: counts of "
+        'what the raw and decided streams did (timeline.png, predictions.csv, events.csv).', '',
+        f"Images: {images['messages']} read, {images['decoded']} decoded, skipped "
+        f"{images['skipped'] or 'none'}; {report['predictions']} predictions over "
+        f"{c['minutes']} min.",
+        f"Speed: {t['bag_s']} s of bag in {t['wall_s']} s ({t['realtime_factor']}x real time); "
+        f"engine per prediction p50 {t['process_ms_p50']} ms, p99 {t['process_ms_p99']} ms.",
+        '', f"Decision parameters: {report['decision']} (from "
+        f"{report.get('decision_source', 'the parameters')}); background label `{background}`.",
+        '',
+        '| stream | windows | label changes / min |', '|---|---|---|',
+        f"| raw | {c['windows']} | {_num(c['raw']['label_changes_per_min'])} |",
+        f"| decided | {c['windows']} | {_num(c['decided']['label_changes_per_min'])} |", '',
+        'Decided states (windows): ' + ', '.join(f'{k} {v}' for k, v in
+                                                 c['decided']['states'].items())
+        + f"; flagged ambiguous: {c['ambiguous']} ({_pct(c['ambiguity_rate'])}); "
+        f"START {c['starts']}, END {c['ends']}.", '',
+        '| label | raw windows | STARTs | active (s) |', '|---|---|---|---|']
+    for label, n in c['raw']['windows'].items():
+        starts = c['starts_per_label'].get(label)
+        active = c['active_s'].get(label)
+        lines.append(f"| {label} | {n} | {'-' if starts is None else starts} | "
+                     f"{'-' if active is None else active} |")
+    return '\n'.join(lines) + '\n'
+
+
 def _num(value, fmt: str = '.3g') -> str:
     return '-' if value is None else format(value, fmt)
 
@@ -319,7 +397,8 @@ def stream_markdown(report: dict) -> list[str]:
         return []
     st, ev, cal = report['stream'], report['events'], report['calibration']
     lines = ['', '## The stream a planner receives (timeline.png)', '',
-             f"Decision parameters: {report['decision']}; background label "
+             f"Decision parameters: {report['decision']} (from "
+             f"{report.get('decision_source', 'the parameters')}); background label "
              f"`{report['background']}`. True label changes: "
              f"{_num(st['true_changes_per_min'])} per minute over {st['minutes']} min.", '',
              '| stream | accuracy | label changes / min | edit score | F1@0.1 | F1@0.25 | '

@@ -6,7 +6,10 @@ of the clip list, e.g. `--task action --task object` on synth's data), every hea
 for every task on the same pass over the cache and written as <out>/<task>_<head>.safetensors.
 Several --cache are concatenated (step_ros.data.cache_concat: the same labels, T and backbone).
 With --val-cache, each head's temperature is fitted on the validation windows (NLL) and stored
-in its checkpoint, with the ECE before and after in calibration.json.
+in its checkpoint, with the ECE before and after in calibration.json. When the validation
+cache holds recordings (`extract --bag ... --split val`), the decision stage's parameters are
+also fitted by replaying them in stamp order (step_ros.learn.decision_fit), stored in the
+checkpoint and scored in decision_fit.json.
 Under torchrun the heads train with DistributedDataParallel, --batch-size is per rank (global
 batch = batch x world size) and rank 0 alone writes the run (docs/DISTRIBUTED.md).
 """
@@ -24,6 +27,7 @@ from step_ros.data.caches import load_cache
 from step_ros.data.features import DataError, FeatureCache
 from step_ros.data.names import safe_name
 from step_ros.distributed import rank_device, session
+from step_ros.learn.decision_fit import can_fit, fit_heads
 from step_ros.learn.training import TrainConfig, fit_temperatures, save_run, train_heads
 from step_ros.model.heads import PRESETS, HeadConfig
 
@@ -123,7 +127,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--val-cache', type=Path, default=None,
                         help='validation cache: accuracy per epoch in the log; also fits each '
                              "head's temperature on it (stored in the checkpoint; ECE before / "
-                             'after in calibration.json)')
+                             'after in calibration.json) and, for recordings, the decision '
+                             'parameters (see --no-fit-decision)')
+    parser.add_argument('--no-fit-decision', dest='fit_decision', action='store_false',
+                        help='with a --val-cache of recordings (extract --bag), do not fit the '
+                             "decision stage's parameters on it (by default they are fitted by "
+                             'replaying its recordings and stored in the checkpoint, where the '
+                             'node, bag-eval and the demo use them unless their parameters set '
+                             'decision.*; scores in decision_fit.json)')
     parser.add_argument('--head', action='append', required=True,
                         help=f"head preset, repeatable, or 'all': {', '.join(PRESETS)}")
     parser.add_argument('--out', type=Path, required=True, help='run directory')
@@ -144,6 +155,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _num(value) -> str:
+    return '-' if value is None else f'{value:.3g}'
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
@@ -158,6 +173,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
                                   device=device, background=args.background or None)
             calibration = fit_temperatures(trained, val) if val is not None else {}
+            temperatures = {k: v['temperature'] for k, v in calibration.items()}
+            decisions, why_not = {}, None
+            if val is not None and args.fit_decision and (dist is None or dist.is_main):
+                why_not = can_fit(val)
+                if why_not is None:
+                    decisions = fit_heads(trained, val, temperatures=temperatures,
+                                          background=args.background or None,
+                                          switch_fraction=cache.switch_fraction or 0.5)
             extra = dict(val_cache=str(args.val_cache) if val else None)
             if dist is not None:
                 extra.update(world_size=dist.world_size,
@@ -167,13 +190,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             paths = save_run(args.out, trained, cache, config,
                              task=(args.task or ['action'])[0],
                              window_seconds=args.window_seconds, extra=extra,
-                             temperatures={k: v['temperature'] for k, v in calibration.items()},
-                             background=args.background or None)
+                             temperatures=temperatures, background=args.background or None,
+                             decisions=decisions)
     except (DataError, ValueError, RuntimeError) as exc:
         print(f'train: error: {exc}', file=sys.stderr)
         return 2
     if calibration:
         (args.out / 'calibration.json').write_text(json.dumps(calibration, indent=2) + '\n')
+    if decisions:
+        (args.out / 'decision_fit.json').write_text(json.dumps(decisions, indent=2) + '\n')
+    elif why_not:
+        print(f'train: decision parameters not fitted ({why_not}): the node decides with '
+              'the defaults or the decision.* of its parameters', file=sys.stderr)
     for head, path in zip(trained, paths):
         final = head.log[-1]
         score = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if k.endswith('acc'))
@@ -182,4 +210,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             score += (f", T {c['temperature']:.3f} (val ECE {c['ece_uncalibrated']:.3f} -> "
                       f"{c['ece_calibrated']:.3f})")
         print(f'train: {head.name}: {score} -> {path}')
+        fit = decisions.get(head.name)
+        if fit:
+            chosen, defaults = fit['chosen'], fit['defaults']
+            print(f"train: {head.name}: decision fitted on {fit['recordings']} validation "
+                  f"recording(s), {fit['windows']} windows: "
+                  + ', '.join(f'{k} {v:g}' for k, v in fit['values'].items())
+                  + f"; score {chosen['score']:.3f} (defaults {defaults['score']:.3f}), "
+                  f"START F1 {_num(chosen['start_f1'])}, edit {_num(chosen['edit_score'])}")
     return 0
