@@ -142,3 +142,27 @@ def test_reverse_pairs_leaves_labels_without_a_reversal_and_the_batch_order_alon
         module = train_heads(cache, HEADS, config, progress=False)[0].module
         weights.append(module.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_epoch_of_best_validation_accuracy_is_kept():
+    """With a validation cache the head leaves with its best validation epoch's weights (on
+    random targets the accuracy wanders, so the last epoch is rarely the best); --last-epoch
+    keeps the last."""
+    train_cache, val = _cache(48), _cache(24)
+    g = torch.Generator().manual_seed(9)
+    val = replace(val, tokens=torch.randn(24, T, 1 + N, D, generator=g).half())
+    config = TrainConfig(epochs=8, batch_size=8, warmup_epochs=1, seed=3)
+    kept, = train_heads(train_cache, HEADS, config, val=val, progress=False)
+    last, = train_heads(train_cache, HEADS, replace(config, keep_best=False), val=val,
+                        progress=False)
+    accuracies = [e['val_acc'] for e in kept.log]
+    best = max(accuracies)
+    epoch = max(i + 1 for i, a in enumerate(accuracies) if a == best)
+    assert kept.log[-1]['kept_epoch'] == epoch and kept.log[-1]['kept_val_acc'] == best
+    assert epoch < len(accuracies) and accuracies[-1] < best, accuracies  # a real choice
+    val_targets = val.targets
+    measured = float((predict(kept.module, val.tokens).argmax(1) == val_targets).float().mean())
+    assert measured == pytest.approx(best, abs=1e-6)
+    assert 'kept_epoch' not in last.log[-1]
+    final = float((predict(last.module, val.tokens).argmax(1) == val_targets).float().mean())
+    assert final == pytest.approx(accuracies[-1], abs=1e-6), (final, accuracies)

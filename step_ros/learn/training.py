@@ -41,6 +41,9 @@ class TrainConfig:
     # Play each window whose label has a known reversal backwards with probability 1/2 (see
     # reversal_targets): a symmetric pair's windows then differ only in frame order.
     reverse_pairs: bool = False
+    # With a validation cache: the head leaves training with the weights of its epoch of best
+    # validation accuracy (the latest of equals), not the last epoch's.
+    keep_best: bool = True
 
     def validate(self) -> None:
         for name in ('epochs', 'batch_size'):
@@ -206,6 +209,7 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
     generator = torch.Generator().manual_seed(config.seed)
     flip_generator = torch.Generator().manual_seed(config.seed + 1)  # batch order unchanged
     step = 0
+    best: dict[str, tuple[float, int, dict]] = {}  # name -> (val acc, epoch, state on the CPU)
     show = progress and (dist is None or dist.is_main)
     bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not show)
     for epoch in range(config.epochs):
@@ -261,10 +265,18 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
             if val is not None:
                 entry['val_acc'] = val_accuracy(module, val.tokens, val_targets[name],
                                                 dist=dist)
+                if config.keep_best and entry['val_acc'] >= best.get(name, (-1.0,))[0]:
+                    best[name] = (entry['val_acc'], epoch + 1,
+                                  {k: v.detach().cpu().clone()
+                                   for k, v in module.state_dict().items()})
             logs[name].append(entry)
         bar.set_postfix({k: f"{v[-1].get('val_acc', v[-1]['train_acc']):.2f}"
                          for k, v in list(logs.items())[:4]})
     bar.close()
+    for name, (accuracy, epoch, state) in best.items():
+        modules[name].load_state_dict(state)
+        logs[name][-1]['kept_epoch'] = epoch  # the weights written are those of this epoch
+        logs[name][-1]['kept_val_acc'] = accuracy
     return [TrainedHead(name, modules[name].cpu().eval(), heads[name], logs[name],
                         tasks.get(name)) for name in heads]
 

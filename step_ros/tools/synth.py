@@ -5,6 +5,8 @@ train.csv / val.csv / test.csv (header `path,label,object[,start,end]`, paths re
 CSV; `object`, the object handled, is a second task), pairs.yaml (labels and symmetric_pairs)
 and dataset.json (the resolved options). Each clip has its own seed derived from (seed, split,
 class, k), so the same seed gives the same dataset whatever the order clips are written in.
+`--world workcell` renders the second world's classes (step_ros.data.workcell; background
+`idle`) instead of the actions world's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS, object_of, render_clip
 from step_ros.tools import synth_bag
 
 SPLITS = ('train', 'val', 'test')
@@ -56,6 +57,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', type=Path, help='output directory (required without --bag)')
     parser.add_argument('--seed', type=int, default=0, help='dataset seed (default 0)')
+    parser.add_argument('--world', choices=tuple(synth_bag.WORLDS), default='actions',
+                        help='actions (default): pick_up/put_down, open_drawer/close_drawer, '
+                             'screw_lid/unscrew_lid, wave, stir, background none; workcell: '
+                             'push/pull, raise/lower, insert/remove, polish, hammer, background '
+                             'idle, its own scenes, per-recording viewpoint and noise, gain '
+                             'drift and camera shake (with --bag: actions of 0.8-3x '
+                             '--window-seconds, idle gaps 0.3-5 s)')
     parser.add_argument('--train', type=int, default=40, help='train clips per class (40)')
     parser.add_argument('--val', type=int, default=8, help='val clips per class (8)')
     parser.add_argument('--test', type=int, default=20, help='test clips per class (20)')
@@ -81,18 +89,20 @@ def write_dataset(args: argparse.Namespace) -> dict:
         raise ValueError(f'--window {args.window}: longer than the shortest clip '
                          f'({args.min_frames / args.fps:.2f} s)')
     out: Path = args.out
+    world = synth_bag.WORLDS[args.world]
     out.mkdir(parents=True, exist_ok=True)
     counts = dict(train=args.train, val=args.val, test=args.test)
-    jobs = [(s, c, k) for s in SPLITS for c in range(len(LABELS)) for k in range(counts[s])]
+    jobs = [(s, c, k) for s in SPLITS for c in range(len(world.LABELS))
+            for k in range(counts[s])]
     rows: dict[str, list[list]] = {s: [] for s in SPLITS}
     for split, c, k in tqdm(jobs, desc='synth', unit='clip'):
-        label = LABELS[c]
+        label = world.LABELS[c]
         rng = np.random.default_rng([args.seed, SPLITS.index(split), c, k])
         n = int(rng.integers(args.min_frames, args.max_frames + 1))
-        frames = render_clip(label, rng=rng, num_frames=n, size=args.size)
+        frames = world.render_clip(label, rng=rng, num_frames=n, size=args.size)
         rel = Path('videos') / split / f'{label}_{k:04d}.mp4'
         write_video(out / rel, frames, fps=args.fps)
-        row = [rel.as_posix(), label, object_of(label)]
+        row = [rel.as_posix(), label, world.object_of(label)]
         if args.window:
             start = float(rng.uniform(0.0, n / args.fps - args.window))
             row += [f'{start:.4f}', f'{start + args.window:.4f}']
@@ -103,7 +113,8 @@ def write_dataset(args: argparse.Namespace) -> dict:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(rows[split])
-    pairs = dict(labels=list(LABELS), symmetric_pairs=[list(p) for p in SYMMETRIC_PAIRS])
+    pairs = dict(labels=list(world.LABELS),
+                 symmetric_pairs=[list(p) for p in world.SYMMETRIC_PAIRS])
     (out / 'pairs.yaml').write_text(yaml.safe_dump(pairs, sort_keys=False))
     resolved = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                 for k, v in vars(args).items()}
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f'synth: error: {exc}', file=sys.stderr)
         return 2
-    total = len(LABELS) * (args.train + args.val + args.test)
-    print(f'synth: wrote {total} clips of {len(LABELS)} classes to {args.out}')
+    labels = synth_bag.WORLDS[args.world].LABELS
+    total = len(labels) * (args.train + args.val + args.test)
+    print(f'synth: wrote {total} clips of {len(labels)} classes ({args.world} world) to '
+          f'{args.out}')
     return 0

@@ -102,6 +102,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             f'tokens ({_DEFAULTS.embed_lr_scale})')
     group.add_argument('--seed', type=int, default=_DEFAULTS.seed,
                        help=f'seed of initialisation and batch order ({_DEFAULTS.seed})')
+    group.add_argument('--last-epoch', dest='keep_best', action='store_false',
+                       help="with --val-cache, write the last epoch's weights (default: those "
+                            'of the epoch of best validation accuracy, the latest of equals)')
     group.add_argument('--reverse-pairs', action='store_true',
                        help='each epoch, play half of the windows of a symmetric pair backwards '
                             'as their counterpart (with train, also half of the --background '
@@ -115,7 +118,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                        embed_lr_scale=args.embed_lr_scale, seed=args.seed,
-                       reverse_pairs=args.reverse_pairs)
+                       reverse_pairs=args.reverse_pairs, keep_best=args.keep_best)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -204,7 +207,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               'the defaults or the decision.* of its parameters', file=sys.stderr)
     for head, path in zip(trained, paths):
         final = head.log[-1]
-        score = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if k.endswith('acc'))
+        score = ', '.join(f'{k} {v:.3f}' for k, v in final.items()
+                          if k.endswith('acc') and not k.startswith('kept'))
+        if 'kept_epoch' in final:
+            score += f", kept epoch {final['kept_epoch']} (val_acc {final['kept_val_acc']:.3f})"
         c = calibration.get(head.name)
         if c:
             score += (f", T {c['temperature']:.3f} (val ECE {c['ece_uncalibrated']:.3f} -> "
