@@ -145,6 +145,13 @@ def check_stream_outputs(out, report, rows):
     sweep = list(csv.DictReader((out / 'sweep.csv').open()))
     assert len(sweep) == report['sweep']['points'] == 256
     assert sweep[0]['score'] == str(report['sweep']['best']['score'])
+    # The sweep's replay of the configured parameters is bag-eval's own decided stream.
+    configured = report['sweep']['configured']
+    assert configured['start_f1'] == ev['start_f1']
+    assert configured['edit_score'] == stream['decided']['edit_score']
+    assert configured['f1_at_0.25'] == stream['decided']['f1_at_iou']['0.25']
+    assert configured['false_starts_per_min_background'] == \
+        ev['false_starts_per_min_background']
     assert '## The stream a planner receives' in (out / 'report.md').read_text()
 
 

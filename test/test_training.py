@@ -144,25 +144,31 @@ def test_reverse_pairs_leaves_labels_without_a_reversal_and_the_batch_order_alon
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_the_epoch_of_best_validation_accuracy_is_kept():
-    """With a validation cache the head leaves with its best validation epoch's weights (on
-    random targets the accuracy wanders, so the last epoch is rarely the best); --last-epoch
-    keeps the last."""
+def test_the_epoch_of_best_balanced_validation_accuracy_is_kept():
+    """With a validation cache the head leaves with the weights of its epoch of best balanced
+    validation accuracy (on random targets it wanders, so the last epoch is rarely the best);
+    --last-epoch keeps the last."""
     train_cache, val = _cache(48), _cache(24)
     g = torch.Generator().manual_seed(9)
-    val = replace(val, tokens=torch.randn(24, T, 1 + N, D, generator=g).half())
+    val = replace(val, tokens=torch.randn(24, T, 1 + N, D, generator=g).half(),
+                  targets=torch.tensor([0] * 16 + [1] * 4 + [2] * 4))  # imbalanced
     config = TrainConfig(epochs=8, batch_size=8, warmup_epochs=1, seed=3)
     kept, = train_heads(train_cache, HEADS, config, val=val, progress=False)
     last, = train_heads(train_cache, HEADS, replace(config, keep_best=False), val=val,
                         progress=False)
-    accuracies = [e['val_acc'] for e in kept.log]
-    best = max(accuracies)
-    epoch = max(i + 1 for i, a in enumerate(accuracies) if a == best)
-    assert kept.log[-1]['kept_epoch'] == epoch and kept.log[-1]['kept_val_acc'] == best
-    assert epoch < len(accuracies) and accuracies[-1] < best, accuracies  # a real choice
-    val_targets = val.targets
-    measured = float((predict(kept.module, val.tokens).argmax(1) == val_targets).float().mean())
-    assert measured == pytest.approx(best, abs=1e-6)
+    balanced = [e['val_balanced_acc'] for e in kept.log]
+    best = max(balanced)
+    epoch = max(i + 1 for i, a in enumerate(balanced) if a == best)
+    assert kept.log[-1]['kept_epoch'] == epoch
+    assert kept.log[-1]['kept_val_balanced_acc'] == best
+    assert epoch < len(balanced) and balanced[-1] < best, balanced  # a real choice
+    # The written weights score that: recall per class, averaged.
+    predicted = predict(kept.module, val.tokens).argmax(1)
+    recalls = [float((predicted[val.targets == c] == c).float().mean()) for c in range(3)]
+    assert sum(recalls) / 3 == pytest.approx(best, abs=1e-6), (recalls, best)
+    accuracy = float((predicted == val.targets).float().mean())
+    assert accuracy == pytest.approx(kept.log[epoch - 1]['val_acc'], abs=1e-6)
     assert 'kept_epoch' not in last.log[-1]
-    final = float((predict(last.module, val.tokens).argmax(1) == val_targets).float().mean())
-    assert final == pytest.approx(accuracies[-1], abs=1e-6), (final, accuracies)
+    final = predict(last.module, val.tokens).argmax(1)
+    assert float((final == val.targets).float().mean()) == pytest.approx(
+        last.log[-1]['val_acc'], abs=1e-6)

@@ -66,11 +66,14 @@ def _rank(rows: list[dict]) -> list[dict]:
 def run_sweep(out: Path, records: Sequence[StreamRecord], *, configured: DecisionConfig,
               task: str, labels: Sequence[str], background: str | None, window_ns: int,
               timeline: Timeline, temperature: float, switch_fraction: float = 0.5,
-              progress: bool = True) -> tuple[list[dict], dict]:
+              last_frame_ns: int | None = None, progress: bool = True
+              ) -> tuple[list[dict], dict]:
     """Score every grid point; write sweep.csv / sweep.md / sweep.png; -> (rows, best first;
-    the configured parameters' row)."""
+    the configured parameters' row). With `last_frame_ns`, an action open at the end of the
+    recording ENDs there, as bag-eval's own run ends it."""
     kwargs = dict(task=task, labels=labels, background=background, window_ns=window_ns,
-                  timeline=timeline, temperature=temperature, switch_fraction=switch_fraction)
+                  timeline=timeline, temperature=temperature, switch_fraction=switch_fraction,
+                  last_frame_ns=last_frame_ns)
     rows = _rank([row(c, replay(records, c, **kwargs))
                   for c in tqdm(grid(configured), desc='sweep', unit='point',
                                 disable=not progress)])

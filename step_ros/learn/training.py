@@ -42,7 +42,7 @@ class TrainConfig:
     # reversal_targets): a symmetric pair's windows then differ only in frame order.
     reverse_pairs: bool = False
     # With a validation cache: the head leaves training with the weights of its epoch of best
-    # validation accuracy (the latest of equals), not the last epoch's.
+    # balanced validation accuracy (the latest of equals), not the last epoch's.
     keep_best: bool = True
 
     def validate(self) -> None:
@@ -263,10 +263,13 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
             entry = dict(epoch=epoch + 1, loss=sums[name][0] / n, train_acc=sums[name][1] / n,
                          lr=config.lr * lr_at(step - 1, total=total, warmup=warmup))
             if val is not None:
-                entry['val_acc'] = val_accuracy(module, val.tokens, val_targets[name],
-                                                dist=dist)
-                if config.keep_best and entry['val_acc'] >= best.get(name, (-1.0,))[0]:
-                    best[name] = (entry['val_acc'], epoch + 1,
+                entry['val_acc'], entry['val_balanced_acc'] = val_accuracy(
+                    module, val.tokens, val_targets[name], dist=dist)
+                # Balanced: a head that names only the frequent classes (early in training,
+                # on a stream that is mostly idle) is not the best one.
+                score = entry['val_balanced_acc']
+                if config.keep_best and score >= best.get(name, (-1.0,))[0]:
+                    best[name] = (score, epoch + 1,
                                   {k: v.detach().cpu().clone()
                                    for k, v in module.state_dict().items()})
             logs[name].append(entry)
@@ -276,24 +279,36 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
     for name, (accuracy, epoch, state) in best.items():
         modules[name].load_state_dict(state)
         logs[name][-1]['kept_epoch'] = epoch  # the weights written are those of this epoch
-        logs[name][-1]['kept_val_acc'] = accuracy
+        logs[name][-1]['kept_val_balanced_acc'] = accuracy
     return [TrainedHead(name, modules[name].cpu().eval(), heads[name], logs[name],
                         tasks.get(name)) for name in heads]
 
 
 def val_accuracy(module: nn.Module, tokens, targets: torch.Tensor, *,
-                 dist: Dist | None = None) -> float:
-    """Accuracy on validation tokens; under torchrun each rank scores every W-th clip."""
+                 dist: Dist | None = None) -> tuple[float, float]:
+    """(accuracy, balanced accuracy: the mean over classes present of their recall) on
+    validation tokens; under torchrun each rank scores every W-th clip."""
+    classes = int(targets.max()) + 1 if len(targets) else 1
     if dist is None:
-        logits = predict(module, tokens).cpu()
-        return float((logits.argmax(1) == targets).float().mean())
-    share = torch.arange(dist.rank, len(targets), dist.world_size)
-    correct = 0
+        share = torch.arange(len(targets))
+    else:
+        share = torch.arange(dist.rank, len(targets), dist.world_size)
+    hits = torch.zeros(classes, dtype=torch.int64)
+    counts = torch.zeros(classes, dtype=torch.int64)
     for i in range(0, len(share), 64):  # gathered a batch at a time (caches may be views)
         idx = share[i:i + 64]
-        correct += int((predict(module, tokens[idx]).argmax(1).cpu() == targets[idx]).sum())
-    total = torch.tensor(dist.all_sum([correct])[0], dtype=torch.float32)
-    return float(total / len(targets))  # float32, as the single process's mean()
+        y = targets[idx]
+        correct = predict(module, tokens[idx]).argmax(1).cpu() == y
+        hits += torch.bincount(y[correct], minlength=classes)
+        counts += torch.bincount(y, minlength=classes)
+    if dist is not None:
+        totals = dist.all_sum([int(v) for v in (*hits, *counts)])
+        hits = torch.tensor(totals[:classes])
+        counts = torch.tensor(totals[classes:])
+    accuracy = float(torch.tensor(int(hits.sum()), dtype=torch.float32) / len(targets))
+    present = counts > 0
+    balanced = float((hits[present].double() / counts[present].double()).mean())
+    return accuracy, balanced
 
 
 def ddp(module: nn.Module, dist: Dist) -> nn.Module:

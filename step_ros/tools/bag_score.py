@@ -251,7 +251,7 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
             out, records, configured=decision, task=task, labels=head.labels,
             background=head.background, window_ns=window_ns, timeline=timeline,
             temperature=head.temperature, switch_fraction=head.switch_fraction,
-            progress=not args.no_progress)
+            last_frame_ns=last, progress=not args.no_progress)
         report['sweep'] = dict(points=len(points), best=points[0], configured=chosen)
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     return report, at_stamp, full

@@ -104,7 +104,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f'seed of initialisation and batch order ({_DEFAULTS.seed})')
     group.add_argument('--last-epoch', dest='keep_best', action='store_false',
                        help="with --val-cache, write the last epoch's weights (default: those "
-                            'of the epoch of best validation accuracy, the latest of equals)')
+                            'of the epoch of best balanced validation accuracy, the mean recall '
+                            'over classes; the latest of equals)')
     group.add_argument('--reverse-pairs', action='store_true',
                        help='each epoch, play half of the windows of a symmetric pair backwards '
                             'as their counterpart (with train, also half of the --background '
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         score = ', '.join(f'{k} {v:.3f}' for k, v in final.items()
                           if k.endswith('acc') and not k.startswith('kept'))
         if 'kept_epoch' in final:
-            score += f", kept epoch {final['kept_epoch']} (val_acc {final['kept_val_acc']:.3f})"
+            score += (f", kept epoch {final['kept_epoch']} (balanced val_acc "
+                      f"{final['kept_val_balanced_acc']:.3f})")
         c = calibration.get(head.name)
         if c:
             score += (f", T {c['temperature']:.3f} (val ECE {c['ece_uncalibrated']:.3f} -> "
