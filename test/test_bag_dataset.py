@@ -2,6 +2,7 @@
 tokens), windows by the node's grid, splits by recording, resumes, and `train` reads it."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -337,3 +338,27 @@ def test_one_process_finishes_what_torchrun_ranks_left(setup, tmp_path, monkeypa
     assert json.loads((part / 'index.json').read_text()) == index
     a, b = (load_cache(d / 'train') for d in (whole, part))
     assert a.window_stamps == b.window_stamps and torch.equal(a.tokens.frames, b.tokens.frames)
+
+
+@pytest.mark.parametrize('text', ['{"key": {}, "stam', '{"file": "x"}', '[1, 2]'],
+                         ids=['truncated', 'no-key', 'not-an-object'])
+def test_a_damaged_torchrun_shard_record_is_one_line(setup, tmp_path, capsys, text):
+    """A rank's shard record cut short (a killed rank, a full disk) or otherwise damaged: one
+    line naming it and what to delete, no traceback, nothing encoded over it."""
+    _, bag, params = setup
+    whole = tmp_path / 'whole'
+    assert run_extract([bag], params, whole, '--shard-size', '4') == 0
+    shard = json.loads((whole / 'index.json').read_text())['recordings'][0]['shards'][0]['file']
+    part = tmp_path / 'part'
+    part.mkdir()
+    (part / shard).write_bytes((whole / shard).read_bytes())
+    record = part / shard.replace('.safetensors', '.done.json')
+    record.write_text(text)
+    capsys.readouterr()
+    assert run_extract([bag], params, part, '--shard-size', '4') == 2
+    err = capsys.readouterr().err
+    lines = re.findall(r'extract: error: [^\r\n]*', err)  # beside the progress bar's text
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    assert lines[0].startswith(f'extract: error: {record}: damaged shard record'), lines
+    assert 'delete it and its shard' in lines[0], lines
+    assert record.read_text() == text and not (part / 'index.json').exists()
