@@ -133,7 +133,7 @@ def test_newest_rule_names_a_new_segment_once_three_of_eight_frames_show_it():
 def test_straddle_rule_relabels_a_finished_cache_without_encoding(setup, tmp_path):
     _, bag, params = setup
     out = tmp_path / 'cache'
-    assert run_extract([bag], params, out) == 0
+    assert run_extract([bag], params, out, '--straddle', 'drop') == 0
     dropped = load_cache(out / 'train')
     shards = {p: p.stat().st_mtime_ns for p in out.glob('frames_*.safetensors')}
     assert run_extract([bag], params, out, '--straddle', 'majority') == 0
@@ -155,7 +155,8 @@ def test_extract_bag_equals_live_engine(setup, capsys):
     (same header stamps) and value for value; the engine's windows inside one segment are all
     in the cache."""
     tmp, bag, params = setup
-    assert run_extract([bag], params, tmp / 'cache') == 0, capsys.readouterr().err
+    assert run_extract([bag], params, tmp / 'cache', '--straddle', 'drop') == 0, \
+        capsys.readouterr().err
     cache = load_cache(tmp / 'cache' / 'train')
 
     engine = build_engine(PerceptionConfig.from_params(load_params_file(params)))
@@ -205,6 +206,8 @@ def test_split_by_recording_and_train_eval_read_it(tmp_path, setup, capsys):
     code = run_extract(bags, params, out, '--split', 'train', '--split', 'train', '--split',
                        'val', '--stride', '2')
     assert code == 0, capsys.readouterr().err
+    # The default straddle rule: the one the flow's measurements chose (docs/TRAINING.md).
+    assert json.loads((out / 'index.json').read_text())['straddle'] == 'majority'
     train_cache, val_cache = load_cache(out / 'train'), load_cache(out / 'val')
     everything = load_cache(out)
     assert [r['bag'] for r in train_cache.recordings] == [str(b) for b in bags[:2]]

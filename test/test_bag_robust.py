@@ -40,7 +40,8 @@ def made(tmp_path_factory):
     params = write_params(tmp / 'params.yaml', {
         'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
         'precision': 'fp32', 'num_frames': T, 'window_seconds': WINDOW})
-    assert run_extract(bags, params, tmp / 'cache', '--shard-size', '8') == 0
+    assert run_extract(bags, params, tmp / 'cache', '--shard-size', '8', '--straddle',
+                       'drop') == 0
     return tmp, bags, params
 
 
@@ -305,7 +306,8 @@ def test_a_timeline_too_fine_for_any_window_is_an_error(made, tmp_path, capsys):
     fine = tmp_path / 'fine.csv'  # 0.5 s segments under a 1 s window: every window straddles
     write_timeline(fine, [(START_NS + k * S // 2, START_NS + (k + 1) * S // 2,
                            ('wave', 'stir')[k % 2]) for k in range(24)])
-    code = run_extract([bags[0]], params, tmp_path / 'c', '--labels', str(fine))
+    code = run_extract([bags[0]], params, tmp_path / 'c', '--labels', str(fine), '--straddle',
+                       'drop')
     line = _one_error_line(capsys)
     assert code == 2 and "no window is labelled (T=4, straddle 'drop')" in line, line
     assert 'pass --relative' not in line, line

@@ -101,6 +101,8 @@ def test_train_fits_the_decision_and_bag_eval_uses_it(flow, capsys):
     fit = json.loads((tmp / 'run' / 'decision_fit.json').read_text())['step']
     assert meta.decision == fit['values'], (meta.decision, fit)
     assert meta.training['decision_fit']['recordings'] == 1
+    # --reverse-pairs auto: on for a cache of recordings.
+    assert json.loads((tmp / 'run' / 'config.json').read_text())['train']['reverse_pairs']
     assert fit['chosen']['score'] >= fit['defaults']['score'] or \
         fit['chosen']['changes_ratio'] <= MAX_CHANGES_RATIO, fit
 
@@ -130,7 +132,10 @@ def test_train_fits_the_decision_and_bag_eval_uses_it(flow, capsys):
 
 def test_no_fit_decision_leaves_the_checkpoint_without(flow, capsys):
     tmp, _, node = flow
-    assert run_train(flow, 'run_plain', '--no-fit-decision') == 0, capsys.readouterr().err
+    assert run_train(flow, 'run_plain', '--no-fit-decision', '--reverse-pairs', 'off') == 0, \
+        capsys.readouterr().err
+    assert not json.loads((tmp / 'run_plain' / 'config.json').read_text())['train'][
+        'reverse_pairs']
     checkpoint = tmp / 'run_plain' / 'step.safetensors'
     assert read_meta(checkpoint).decision is None
     assert not (tmp / 'run_plain' / 'decision_fit.json').exists()
@@ -168,3 +173,13 @@ def test_a_parameters_file_with_decision_keys_is_marked_set(tmp_path):
     fitted = DecisionConfig(enter_threshold=0.8, exit_threshold=0.5)
     assert plain.retuned({'decision.exit_threshold': 0.7}, decision=fitted).decision == \
         DecisionConfig(enter_threshold=0.8, exit_threshold=0.7)
+
+
+def test_reverse_pairs_auto_is_off_for_clips_and_the_flag_alone_turns_it_on():
+    parser = train.build_parser()
+    base = ['--cache', 'c', '--head', 'step', '--out', 'o']
+    assert not train.train_config(parser.parse_args(base)).reverse_pairs
+    assert train.train_config(parser.parse_args(base), recordings=True).reverse_pairs
+    assert train.train_config(parser.parse_args([*base, '--reverse-pairs'])).reverse_pairs
+    off = parser.parse_args([*base, '--reverse-pairs', 'off'])
+    assert not train.train_config(off, recordings=True).reverse_pairs

@@ -56,11 +56,12 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--stride', type=int, default=1,
                        help='keep every N-th window of a run of sampled frames (1: all, as the '
                             'node with infer_every 1)')
-    group.add_argument('--straddle', choices=tuple(STRADDLE_RULES), default='drop',
+    group.add_argument('--straddle', choices=tuple(STRADDLE_RULES), default='majority',
                        help='windows not inside one segment: ' + '; '.join(
                            f'{name}: {rule}' for name, rule in STRADDLE_RULES.items())
-                       + ' (drop). Stride and rule can be changed on a finished cache: the '
-                       'windows are relabelled, nothing is encoded again')
+                       + ' (majority: its heads gave the best decided stream on held-out '
+                       'recordings, docs/TRAINING.md). Stride and rule can be changed on a '
+                       'finished cache: the windows are relabelled, nothing is encoded again')
     group.add_argument('--relative', action='store_true',
                        help="timeline seconds count from each bag's first image stamp (the "
                             'time axis of bag-export videos)')

@@ -22,6 +22,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from step_ros.data.bag_cache import BagFeatureCache
 from step_ros.data.cache_concat import concat_caches
 from step_ros.data.caches import load_cache
 from step_ros.data.features import DataError, FeatureCache
@@ -106,20 +107,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="with --val-cache, write the last epoch's weights (default: those "
                             'of the epoch of best balanced validation accuracy, the mean recall '
                             'over classes; the latest of equals)')
-    group.add_argument('--reverse-pairs', action='store_true',
+    group.add_argument('--reverse-pairs', nargs='?', const='on', default='auto',
+                       choices=('auto', 'on', 'off'),
                        help='each epoch, play half of the windows of a symmetric pair backwards '
                             'as their counterpart (with train, also half of the --background '
                             'windows, as the background): the pair then differs only in frame '
-                            'order')
+                            'order. auto (the default): on when a --cache holds recordings '
+                            '(extract --bag), where it gave the better decided stream on '
+                            'held-out recordings of both synthetic worlds (docs/TRAINING.md); '
+                            'off for clips')
     group.add_argument('--num-heads', type=int, default=0,
                        help='attention heads of every head (0: 12 for D >= 384, else 4)')
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
+def train_config(args: argparse.Namespace, *, recordings: bool = False) -> TrainConfig:
+    """The TrainConfig of the options; `recordings`: a training cache holds recordings (for
+    --reverse-pairs auto)."""
+    reverse = args.reverse_pairs == 'on' or (args.reverse_pairs == 'auto' and recordings)
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                        embed_lr_scale=args.embed_lr_scale, seed=args.seed,
-                       reverse_pairs=args.reverse_pairs, keep_best=args.keep_best)
+                       reverse_pairs=reverse, keep_best=args.keep_best)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -167,12 +175,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         with session(device=args.device) as dist:  # a process group under torchrun, else None
-            cache = concat_caches([load_cache(path) for path in args.cache])
+            caches = [load_cache(path) for path in args.cache]
+            cache = concat_caches(caches)
             val = load_cache(args.val_cache) if args.val_cache else None
             presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
             heads, tasks = task_heads(presets, args.task or ['action'], cache)
             check_background(args.background, cache, list(tasks.values()))
-            config = train_config(args)
+            config = train_config(args, recordings=any(isinstance(c, BagFeatureCache)
+                                                       for c in caches))
             device = rank_device(args.device, local_rank=0) if dist is None else dist.device
             trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
                                   device=device, background=args.background or None)
