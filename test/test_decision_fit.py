@@ -115,7 +115,7 @@ def test_train_fits_the_decision_and_bag_eval_uses_it(flow, capsys):
     assert report['decision'] == {**vars(DecisionConfig()), **meta.decision}, report['decision']
     assert report['decision_source'].startswith('fitted by train on 1 validation'), report
     printed = capsys.readouterr().out
-    assert 'bag-eval: decision parameters from fitted by train on 1 validation' in printed, \
+    assert 'bag-eval: decision parameters (fitted by train on 1 validation' in printed, \
         printed
     assert 'fitted by train' in (out / 'report.md').read_text()
 

@@ -284,7 +284,7 @@ def test_a_heads_fitted_decision_is_used_named_and_retuned_live(tmp_path, env):
         assert spin_until(m.executor, lambda: m.camera.get_subscription_count() > 0,
                           timeout=90, process=process), f'no subscription:\n{process.output()}'
         output = process.output()
-        assert (f"head 'action' decides with parameters from fitted by train ({head}): "
+        assert (f"head 'action' decides with parameters (fitted by train: {head}): "
                 'smoothing_seconds 1, enter_threshold 0.8, exit_threshold 0.6, '
                 'min_dwell_seconds 0.25, min_confidence 0') in output, output
         # 0.7 is above the default enter_threshold (0.5) but below the fitted one (0.8).

@@ -175,8 +175,8 @@ def test_ros2_run_starts_the_console_script(tmp_path, env):
 def readme_robot_commands() -> list[str]:
     """The commands of the README's "Try it" block, continuation lines joined, comments cut."""
     section = README.split('## On a robot with ROS 2', 1)[1].split('\n## ', 1)[0]
-    block = re.search(r'### Try it\n.*?```sh\n(.*?)```', section, re.S)
-    assert block, 'README: no sh block under "### Try it" in "On a robot with ROS 2"'
+    block = re.search(r'### Try it\n.*?```bash\n(.*?)```', section, re.S)
+    assert block, 'README: no bash block under "### Try it" in "On a robot with ROS 2"'
     commands, current = [], ''
     for line in block.group(1).splitlines():
         line = re.sub(r'\s+#.*$', '', line).strip()

@@ -269,7 +269,7 @@ class PerceptionNode(LifecycleNode):
             f'{self.config.engine.num_frames} frames over {self.config.engine.window_seconds} s'
             f'{cameras}')
         for head, (decision, source) in zip(self.engine.heads, self._decisions):
-            self.get_logger().info(f'head {head.task!r} decides with parameters from {source}: '
+            self.get_logger().info(f'head {head.task!r} decides with parameters ({source}): '
                                    f'{describe_decision(decision)}')
         return super().on_configure(state)
 

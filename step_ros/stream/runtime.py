@@ -71,7 +71,7 @@ def decision_for(config: PerceptionConfig, meta: HeadMeta, path: str
                               'again or set decision.* in the parameters') from None
     fit = meta.training.get('decision_fit') or {}
     where = f" on {fit['recordings']} validation recording(s)" if 'recordings' in fit else ''
-    return fitted, f'fitted by train{where} ({path})'
+    return fitted, f'fitted by train{where}: {path}'
 
 
 def describe_decision(decision: DecisionConfig) -> str:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ERRORS as exc:
         print(f'bag-eval: error: {exc}', file=sys.stderr)
         return 2
-    print(f"bag-eval: decision parameters from {report['decision_source']}: "
+    print(f"bag-eval: decision parameters ({report['decision_source']}): "
           + ', '.join(f'{k} {v:g}' for k, v in report['decision'].items()))
     if report['labels'] is None:
         c = report['counts']
