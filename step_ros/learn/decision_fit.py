@@ -14,7 +14,6 @@ MAX_CHANGES_RATIO of the true ones when any does. Its values go into the checkpo
 from __future__ import annotations
 
 from dataclasses import fields
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -51,7 +50,6 @@ def recording_records(module: nn.Module, cache: BagFeatureCache, *, labels: tupl
     counterpart = {}
     for a, b in pairs:
         counterpart[a], counterpart[b] = b, a
-    head = SimpleNamespace(labels=labels, counterpart=counterpart)
     out = []
     T = cache.num_frames
     for stream in cache.streams:
@@ -65,11 +63,12 @@ def recording_records(module: nn.Module, cache: BagFeatureCache, *, labels: tupl
             probs = softmax(predict(module, windows).numpy(), temperature)
         records, previous = [], None
         for start, p in zip(starts, probs):
-            best = int(np.argmax(p))
+            best, second = (int(i) for i in np.argsort(-p, kind='stable')[:2])
             records.append(StreamRecord(
                 stamp_ns=int(stamps[start + T - 1]), window_start_ns=int(stamps[start]),
                 label=labels[best], probs=p,
-                ambiguous=bool(ambiguity(p, None, head, margin=margin)),
+                ambiguous=bool(ambiguity(p, None, best=best, second=second, labels=labels,
+                                          counterpart=counterpart, margin=margin)),
                 reset_before=previous is not None and runs[start] != previous))
             previous = runs[start]
         timeline = Timeline([Segment(int(a), int(b), str(label))

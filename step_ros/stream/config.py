@@ -346,6 +346,14 @@ def load_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     return values
 
 
+def write_params_file(path: str | Path, values: dict[str, Any]) -> Path:
+    """Write {dotted name: value} as a ROS 2 parameters file for every node (`/**`), dotted
+    keys as they are: the node and load_params_file read it."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': dict(values)}}, sort_keys=True))
+    return path
+
+
 def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():

@@ -467,7 +467,9 @@ class StreamingEngine:
         label = head.labels[best]
         margin = float(forward[best] - forward[second])
         counterpart = head.counterpart.get(label, '')
-        reason = ambiguity(forward, probs[1] if self.config.order_check else None, head,
+        reason = ambiguity(forward, probs[1] if self.config.order_check else None,
+                           best=best, second=second, labels=head.labels,
+                           counterpart=head.counterpart,
                            margin=self.config.ambiguity_margin)
         k = self.config.top_k
         return Prediction(
@@ -480,20 +482,19 @@ class StreamingEngine:
             probs=tuple(float(p) for p in forward))
 
 
-def ambiguity(forward: np.ndarray, reverse: np.ndarray | None, head: Head, *,
-              margin: float) -> str:
-    """Why a window's top-1 is ambiguous: 'margin' (its symmetric counterpart is second and
-    closer than `margin`), 'order' (with the reversed window's probabilities: reversing the
-    frames does not move probability towards the counterpart), or '' when it is not."""
-    order = np.argsort(-forward, kind='stable')
-    best, second = int(order[0]), int(order[1])
-    counterpart = head.counterpart.get(head.labels[best], '')
-    if not counterpart:
+def ambiguity(forward: np.ndarray, reverse: np.ndarray | None, *, best: int, second: int,
+              labels: tuple[str, ...], counterpart: dict[str, str], margin: float) -> str:
+    """Why a window's top-1 (`best`; `second` the runner-up) is ambiguous: 'margin' (its
+    symmetric counterpart is second and closer than `margin`), 'order' (with the reversed
+    window's probabilities: reversing the frames does not move probability towards the
+    counterpart), or '' when it is not."""
+    other = counterpart.get(labels[best], '')
+    if not other:
         return ''
-    if head.labels[second] == counterpart and float(forward[best] - forward[second]) < margin:
+    if labels[second] == other and float(forward[best] - forward[second]) < margin:
         return 'margin'
     if reverse is not None and Head.order_shift(
-            forward, reverse, best, head.labels.index(counterpart)) < ORDER_MIN_SHIFT:
+            forward, reverse, best, labels.index(other)) < ORDER_MIN_SHIFT:
         return 'order'
     return ''
 

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from step_ros.data.bags import BagError, BagWriter, ReadStats, iter_frames, topic_count
@@ -48,7 +47,12 @@ from step_ros.evaluate.stream_plots import plot_timeline
 from step_ros.model.backbone import BackboneError
 from step_ros.model.checkpoint import CheckpointError
 from step_ros.stream.calibration import plot_reliability
-from step_ros.stream.config import ConfigError, PerceptionConfig, load_params_file
+from step_ros.stream.config import (
+    ConfigError,
+    PerceptionConfig,
+    load_params_file,
+    write_params_file,
+)
 from step_ros.stream.decision import ActionEvent, Decider, Decision
 from step_ros.stream.engine import Head, NonFiniteScores
 from step_ros.stream.runtime import build_engine, decision_for
@@ -296,8 +300,7 @@ PREDICTION_COLUMNS = ('stamp', 'window_start', 'label', 'confidence', 'margin', 
 def _write_outputs(out: Path, report: dict, rows: list[list], params: dict) -> None:
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     (out / 'report.md').write_text(markdown(report))
-    (out / 'params.yaml').write_text(yaml.safe_dump(
-        {'/**': {'ros__parameters': params}}, sort_keys=True))
+    write_params_file(out / 'params.yaml', params)
     with (out / 'predictions.csv').open('w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(PREDICTION_COLUMNS)

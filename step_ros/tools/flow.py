@@ -21,8 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
-
+from step_ros.stream.config import write_params_file
 from step_ros.tools import bag_eval, extract, train
 from step_ros.tools.synth_bag import write_synth_bag
 
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             'precision': 'fp32', 'num_frames': args.num_frames,
             'window_seconds': args.window_seconds}
     extract_params = args.out / 'extract.yaml'
-    extract_params.write_text(yaml.safe_dump({'/**': {'ros__parameters': _tree(node)}}))
+    write_params_file(extract_params, node)
     cache, run = args.out / 'cache', args.out / args.name
     argv_extract = []
     for bag in train_bags:
@@ -136,8 +135,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                '--head', 'step', '--background', BACKGROUND[args.world],
                                '--out', str(run), *shlex.split(args.train_arg)]))
     params = run / 'params.yaml'
-    params.write_text(yaml.safe_dump({'/**': {'ros__parameters': _tree({
-        **node, 'heads.checkpoints': [str((run / 'step.safetensors').resolve())]})}}))
+    write_params_file(params, {**node, 'heads.checkpoints': [
+        str((run / 'step.safetensors').resolve())]})
     rows = []
     for bag in test_bags:
         out = run / 'eval' / bag.name
@@ -154,17 +153,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     (run / 'flow.md').write_text(markdown(summary))
     print(markdown(summary), end='')
     return 0
-
-
-def _tree(values: dict) -> dict:
-    tree: dict = {}
-    for name, value in values.items():
-        *parents, leaf = name.split('.')
-        branch = tree
-        for part in parents:
-            branch = branch.setdefault(part, {})
-        branch[leaf] = value
-    return tree
 
 
 def _cell(value, ok: bool | None = None) -> str:
