@@ -120,3 +120,11 @@ def test_synth_cli_rejects_bad_options(tmp_path, capsys):
     code = synth_cli.main(['--out', str(tmp_path), '--min-frames', '9', '--max-frames', '5'])
     assert code == 2
     assert '--min-frames 9' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('kwargs', [dict(action_seconds=float('nan')), dict(fps=float('inf')),
+                                    dict(idle_seconds=(0.5, float('inf')))],
+                         ids=['nan-action', 'inf-fps', 'inf-idle'])
+def test_non_finite_durations_are_refused(kwargs):
+    with pytest.raises(ValueError, match='finite|idle_seconds'):
+        ActionStream(**kwargs)

@@ -232,3 +232,12 @@ def test_synth_cli_writes_a_workcell_clip_dataset(tmp_path):
     pairs = yaml.safe_load((tmp_path / 'pairs.yaml').read_text())
     assert pairs['symmetric_pairs'] == [list(p) for p in SYMMETRIC_PAIRS], pairs
     assert json.loads((tmp_path / 'dataset.json').read_text())['world'] == 'workcell'
+
+
+@pytest.mark.parametrize('kwargs', [dict(window_seconds=float('nan')),
+                                    dict(window_seconds=float('inf')), dict(fps=float('nan')),
+                                    dict(idle_seconds=(0.3, float('inf')))],
+                         ids=['nan-window', 'inf-window', 'nan-fps', 'inf-idle'])
+def test_non_finite_durations_are_refused_in_one_line(kwargs):
+    with pytest.raises(ValueError, match='finite|idle_seconds'):
+        WorkcellStream(**kwargs)

@@ -284,10 +284,10 @@ class ActionStream:
     def __init__(self, *, seed: int = 0, fps: float = 30.0, size: tuple[int, int] = DEFAULT_SIZE,
                  action_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS,
                  idle_seconds: tuple[float, float] = (0.0, 0.0)) -> None:
-        if fps <= 0 or action_seconds <= 0:
-            raise ValueError(f'fps={fps}, action_seconds={action_seconds}: both must be > 0')
+        if not (0 < fps < math.inf and 0 < action_seconds < math.inf):  # NaN fails too
+            raise ValueError(f'fps={fps}, action_seconds={action_seconds}: both must be finite and > 0')
         lo, hi = (float(v) for v in idle_seconds)
-        if not 0.0 <= lo <= hi:
+        if not 0.0 <= lo <= hi < math.inf:
             raise ValueError(f'idle_seconds={tuple(idle_seconds)}: need 0 <= shortest <= longest')
         self.rng = np.random.default_rng(seed)
         self.fps = float(fps)

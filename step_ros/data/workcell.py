@@ -533,10 +533,10 @@ class WorkcellStream:
     def __init__(self, *, seed: int = 0, fps: float = 30.0, size: tuple[int, int] = DEFAULT_SIZE,
                  window_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS,
                  idle_seconds: tuple[float, float] = IDLE_SECONDS) -> None:
-        if fps <= 0 or window_seconds <= 0:
-            raise ValueError(f'fps={fps}, window_seconds={window_seconds}: both must be > 0')
+        if not (0 < fps < math.inf and 0 < window_seconds < math.inf):  # NaN fails too
+            raise ValueError(f'fps={fps}, window_seconds={window_seconds}: both must be finite and > 0')
         lo, hi = (float(v) for v in idle_seconds)
-        if not 0.0 <= lo <= hi:
+        if not 0.0 <= lo <= hi < math.inf:
             raise ValueError(f'idle_seconds={tuple(idle_seconds)}: need 0 <= shortest <= longest')
         unknown = sorted(set(actions) - set(ACTIONS))
         if not actions or unknown:
