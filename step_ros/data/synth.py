@@ -285,7 +285,8 @@ class ActionStream:
                  action_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS,
                  idle_seconds: tuple[float, float] = (0.0, 0.0)) -> None:
         if not (0 < fps < math.inf and 0 < action_seconds < math.inf):  # NaN fails too
-            raise ValueError(f'fps={fps}, action_seconds={action_seconds}: both must be finite and > 0')
+            raise ValueError(f'fps={fps}, action_seconds={action_seconds}: both must be finite '
+                             'and > 0')
         lo, hi = (float(v) for v in idle_seconds)
         if not 0.0 <= lo <= hi < math.inf:
             raise ValueError(f'idle_seconds={tuple(idle_seconds)}: need 0 <= shortest <= longest')

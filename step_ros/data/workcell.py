@@ -534,7 +534,8 @@ class WorkcellStream:
                  window_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS,
                  idle_seconds: tuple[float, float] = IDLE_SECONDS) -> None:
         if not (0 < fps < math.inf and 0 < window_seconds < math.inf):  # NaN fails too
-            raise ValueError(f'fps={fps}, window_seconds={window_seconds}: both must be finite and > 0')
+            raise ValueError(f'fps={fps}, window_seconds={window_seconds}: both must be finite '
+                             'and > 0')
         lo, hi = (float(v) for v in idle_seconds)
         if not 0.0 <= lo <= hi < math.inf:
             raise ValueError(f'idle_seconds={tuple(idle_seconds)}: need 0 <= shortest <= longest')
