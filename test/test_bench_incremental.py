@@ -8,6 +8,7 @@ import json
 import pytest
 
 from step_ros.benchmark.incremental import PREDICTIONS_PER_S, SHAPES
+from step_ros.model import incremental
 from step_ros.tools import bench
 
 
@@ -31,7 +32,12 @@ def test_section_has_every_shape_with_counted_flops(report):
         d, n, t, classes = r['embed_dim'], r['patches'], r['num_frames'], 10
         length = 1 + t * n
         assert r['tokens'] == length, r
-        attention = 4 * length * length * d / 1e9
+        # q k^T; then A v for every query (fused kernel), or the mean of A over the queries
+        # times v where the head width takes that path.
+        pooled = d // r['num_heads'] >= incremental.POOLED_SCORES_HEAD_DIM
+        assert r['attention_path'] == ('pooled weights' if pooled else 'fused'), r
+        attention = (2 * length * length * d + (2 * length * d if pooled
+                                                else 2 * length * length * d)) / 1e9
         g = r['gflops']
         assert g['attention'] == pytest.approx(attention), (r['shape'], g)
         # One frame: its N patch tokens through the qkv projection.
@@ -39,7 +45,7 @@ def test_section_has_every_shape_with_counted_flops(report):
         # A prediction: the attention, one output projection and the classifier.
         assert g['predict'] == pytest.approx(attention + (2 * d * d + 2 * d * classes) / 1e9,
                                              rel=1e-3), (r['shape'], g)
-        whole = (2 * length * d * 4 * d + 2 * d * classes) / 1e9 + attention
+        whole = (2 * length * d * 4 * d + 2 * d * classes + 4 * length * length * d) / 1e9
         assert g['full'] == pytest.approx(whole, rel=1e-3), (r['shape'], g)
 
 

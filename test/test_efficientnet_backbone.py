@@ -84,6 +84,22 @@ def test_tokens_are_cls_plus_7x7_cells_of_1280(backbone, photo):
     torch.testing.assert_close(tokens[0, 1:], cells[0].flatten(1).T)  # row-major cells
 
 
+def test_the_backbone_runs_folded_and_channels_last_with_the_same_outputs(backbone, photo):
+    """The node's model has no BatchNorm left (folded into its convolutions, one pass less per
+    map) and channels-last weights, and gives the tokens and ImageNet logits of the model as
+    the weights describe it."""
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    stem = backbone.model._conv_stem.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    plain = efficientnet.build(inference=False)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 49
+    pixels = reference_pixels(photo)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone.model.forward_tokens(pixels),
+                                   plain.forward_tokens(pixels), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(backbone.model(pixels), plain(pixels), atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize('shape', [(600, 512), (187, 160), (300, 400), (1080, 1920)],
                          ids=['shrink', 'enlarge', 'wide', '1080p'])
 def test_node_preprocessing_matches_a_plain_reference(backbone, photo, shape):

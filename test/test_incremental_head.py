@@ -7,6 +7,7 @@ import pytest
 import torch
 from node_helpers import LABELS, PAIRS, tiny_info
 
+from step_ros.model import incremental
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import HeadMeta
 from step_ros.model.heads import PRESETS, build_head
@@ -50,8 +51,14 @@ def whole(module, windows: torch.Tensor) -> torch.Tensor:
         return module(windows)
 
 
+@pytest.mark.parametrize('attention', ['fused', 'pooled-weights'])
 @pytest.mark.parametrize('name', EXACT)
-def test_exact_configs_equal_the_whole_head_with_wrapped_rings_and_reversal(name):
+def test_exact_configs_equal_the_whole_head_with_wrapped_rings_and_reversal(name, attention,
+                                                                            monkeypatch):
+    # Both ways of computing the pooled attention: the fused kernel, and the weights averaged
+    # over queries before V (used from a head width on; forced here at width 24).
+    monkeypatch.setattr(incremental, 'POOLED_SCORES_HEAD_DIM',
+                        10**6 if attention == 'fused' else 1)
     t, n, d = 4, 16, 96
     module = random_head(name, dim=d, frames=t, patches=n, heads=4)
     inc = IncrementalStep(module)

@@ -17,7 +17,7 @@ import torch
 from step_ros.benchmark.measure import Clock, count_flops, summary
 from step_ros.benchmark.subjects import LABELS, SEED, attention_heads
 from step_ros.model.heads import PRESETS, build_head
-from step_ros.model.incremental import IncrementalStep
+from step_ros.model.incremental import POOLED_SCORES_HEAD_DIM, IncrementalStep
 
 # (name, D, N): feature width and patches per frame of each backbone shape.
 SHAPES = (('efficientnet_lite0', 1280, 49), ('vitb14', 768, 256))
@@ -77,10 +77,14 @@ def compare(name: str, dim: int, patches: int, frames: int, *, budget, clock: Cl
     stats = {k: summary(v) for k, v in times.items()}
     stats['incremental'] = summary(incremental)
     length = 1 + frames * patches
+    pooled = dim // inc.num_heads >= POOLED_SCORES_HEAD_DIM
+    # q k^T, then A v for all queries (fused) or the queries' mean of A times v (pooled)
+    attention = 2 * length * length * dim + (2 * length * dim if pooled
+                                             else 2 * length * length * dim)
     flops = dict(full=count_flops(lambda: module(window)),
                  project=count_flops(lambda: inc.project(tokens[:1])),
                  predict=count_flops(lambda: inc.predict([(ring, 0)])),
-                 attention=4 * length * length * dim)  # q k^T and A v, all queries
+                 attention=attention)
     speedup = stats['full']['p50_ms'] / stats['incremental']['p50_ms']
     target = TARGETS.get((name, frames))
 
@@ -89,6 +93,7 @@ def compare(name: str, dim: int, patches: int, frames: int, *, budget, clock: Cl
 
     return dict(shape=name, embed_dim=dim, patches=patches, num_frames=frames,
                 num_heads=inc.num_heads, tokens=length, times=stats,
+                attention_path='pooled weights' if pooled else 'fused',
                 speedup_p50=speedup,
                 speedup_mean=stats['full']['mean_ms'] / stats['incremental']['mean_ms'],
                 gflops={k: v / 1e9 for k, v in flops.items()},
@@ -123,7 +128,8 @@ def render(section: dict) -> list[str]:
             f"| {r['shape']} D={r['embed_dim']} N={r['patches']} | {r['num_frames']} | "
             f"{r['tokens']} | {s['full']['p50_ms']:.1f} | {s['incremental']['p50_ms']:.1f} | "
             f"{s['project']['p50_ms']:.1f} | {s['predict']['p50_ms']:.1f} | "
-            f"{r['speedup_p50']:.2f}x ({r['speedup_mean']:.2f}x) | {g['attention']:.3g} | "
+            f"{r['speedup_p50']:.2f}x ({r['speedup_mean']:.2f}x) | {g['attention']:.3g} "
+            f"({r['attention_path']}) | "
             f"{g['full']:.3g} / {g['project']:.3g} / {g['predict']:.3g} | "
             f"{r['cameras_full']:.1f} | {r['cameras_incremental']:.1f} | {target} |")
     lines += ['', f"Cameras at {section['predictions_per_s']:g} predictions/s: "

@@ -32,6 +32,36 @@ def exact(module: torch.nn.Module) -> bool:
     return config.kind == 'step' and config.block == 'bare' and not config.frame_cls
 
 
+# From this head width on, the mean over queries is taken of the attention weights before they
+# meet V (pooled_attention); below it the fused kernel is faster (bench --incremental-head:
+# d = 160 of EfficientNet-Lite0 gains, d = 64 of ViT-B/14 loses).
+POOLED_SCORES_HEAD_DIM = 128
+QUERY_CHUNK = 64  # queries per block of scores (64 x L x H floats in flight)
+
+
+def pooled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """mean over queries of softmax(q k^T / sqrt(d)) v, as (mean of the weights) v: (R, H, Lq,
+    d), (R, H, L, d) x 2 -> (R, H, d). The weights times V is one row per head instead of Lq."""
+    scale = q.shape[-1] ** -0.5
+    keys = k.transpose(-1, -2)
+    weights = q.new_zeros(q.shape[:2] + (k.shape[2],))  # (R, H, L)
+    for i in range(0, q.shape[2], QUERY_CHUNK):
+        scores = torch.matmul(q[:, :, i:i + QUERY_CHUNK], keys).mul_(scale)
+        weights += scores.softmax(-1).sum(dim=2)
+    weights /= q.shape[2]
+    return torch.matmul(weights.unsqueeze(2), v).squeeze(2)
+
+
+def _add_rolled(projected: torch.Tensor, table: torch.Tensor, oldest: int,
+                out: torch.Tensor) -> None:
+    """out = projected + the table's rows by position: slot s holds the frame at position
+    (s - oldest) mod T. Two slices, no rolled copy of the table."""
+    t = table.shape[0]
+    torch.add(projected[oldest:], table[:t - oldest], out=out[oldest:])
+    if oldest:
+        torch.add(projected[:oldest], table[t - oldest:], out=out[:oldest])
+
+
 class IncrementalStep:
     """Per-frame projections and per-window attention of one StepHead (see `exact`).
 
@@ -50,6 +80,7 @@ class IncrementalStep:
         self._key: tuple | None = None
         self._cls: torch.Tensor | None = None  # (1, 3D): W cls + b
         self._table: torch.Tensor | None = None  # (T, 1 or N, 3D): W t per position
+        self._reversed: torch.Tensor | None = None  # the same, last position first
 
     @property
     def dtype(self) -> torch.dtype:
@@ -72,6 +103,7 @@ class IncrementalStep:
             table = m._temporal()  # (T or T*N, D) or None
             self._table = None if table is None else \
                 F.linear(table, weight).view(self.num_frames, -1, weight.shape[0])
+            self._reversed = None if table is None else self._table.flip(0)
             self._cls = F.linear(m.cls_token[0], weight, bias) \
                 if m.config.global_cls else None  # (1, 3D)
         self._key = key
@@ -111,15 +143,17 @@ class IncrementalStep:
                     if reverse:
                         body[batch + b].copy_(projected)
                     continue
-                # Slot s holds the frame at position (s - oldest) mod T: rows rolled to match.
-                torch.add(projected, table.roll(oldest, 0), out=body[b])
+                _add_rolled(projected, table, oldest, body[b])
                 if reverse:  # position p becomes T - 1 - p
-                    torch.add(projected, table.flip(0).roll(oldest, 0), out=body[batch + b])
+                    _add_rolled(projected, self._reversed, oldest, body[batch + b])
             q, k, v = x.view(rows, -1, 3, h, dim // h).permute(2, 0, 3, 1, 4)  # (rows, H, L, d)
             if config.pool == 'cls':
                 q = q[:, :, :1]  # the global CLS query alone
             elif config.pool == 'patches' and config.global_cls:
                 q = q[:, :, 1:]
-            out = F.scaled_dot_product_attention(q, k, v)  # (rows, H, Lq, d)
-            pooled = out.mean(dim=2).reshape(rows, dim)  # mean over queries, heads concatenated
-            return m.fc(m.attn.proj(pooled))  # (rows, C)
+            if q.shape[2] > 1 and dim // h >= POOLED_SCORES_HEAD_DIM:
+                pooled = pooled_attention(q, k, v)  # (rows, H, d)
+            else:
+                pooled = F.scaled_dot_product_attention(q, k, v).mean(dim=2)
+            # mean over queries, heads concatenated
+            return m.fc(m.attn.proj(pooled.reshape(rows, dim)))  # (rows, C)
