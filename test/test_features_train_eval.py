@@ -208,3 +208,26 @@ def test_extract_rejects_a_shard_size_below_one(dataset, tmp_path, capsys):
                              '--shard-size', '0'])
     assert code == 2
     assert '--shard-size 0: must be >= 1' in capsys.readouterr().err
+
+
+def test_clips_without_a_none_label_train_a_head_without_one_unless_one_is_named(
+        dataset, tmp_path, capsys):
+    lines = (dataset / 'train.csv').read_text().splitlines()
+    rows = [line.split(',') for line in lines[1:]]
+    kept = [[str(dataset / r[0]), *r[1:]] for r in rows if r[1] in ('pick_up', 'put_down')]
+    (tmp_path / 'clips.csv').write_text(
+        '\n'.join([lines[0]] + [','.join(r) for r in kept]) + '\n')
+    (tmp_path / 'pairs.yaml').write_text('labels: [pick_up, put_down]\n'
+                                         'symmetric_pairs: [[pick_up, put_down]]\n')
+    assert extract_cli.main(['--clips', str(tmp_path / 'clips.csv'), '--frames', str(T),
+                             '--out', str(tmp_path / 'cache')]) == 0
+    capsys.readouterr()
+    argv = ['--cache', str(tmp_path / 'cache'), '--head', 'linear', '--epochs', '1']
+    assert train.main([*argv, '--out', str(tmp_path / 'run')]) == 0
+    err = capsys.readouterr().err
+    assert "no 'none' label" in err and '--background LABEL' in err, err
+    assert read_meta(tmp_path / 'run' / 'linear.safetensors').background is None
+    # Named, the background must be a label.
+    assert train.main([*argv, '--background', 'none', '--out', str(tmp_path / 'named')]) == 2
+    assert "--background 'none' is not a label of" in capsys.readouterr().err
+    assert not (tmp_path / 'named').exists()

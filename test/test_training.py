@@ -11,13 +11,15 @@ import torch
 from step_ros.data.features import FeatureCache
 from step_ros.learn.training import (
     TrainConfig,
+    drop_tokens,
     flushes_denormals,
     lr_at,
     predict,
     reversal_targets,
+    takes_any_patches,
     train_heads,
 )
-from step_ros.model.heads import PRESETS
+from step_ros.model.heads import PRESETS, build_head
 
 T, N, D = 4, 4, 16
 
@@ -172,3 +174,36 @@ def test_the_epoch_of_best_balanced_validation_accuracy_is_kept():
     final = predict(last.module, val.tokens).argmax(1)
     assert float((final == val.targets).float().mean()) == pytest.approx(
         last.log[-1]['val_acc'], abs=1e-6)
+
+
+def test_token_drop_keeps_the_cls_slot_and_a_fresh_ordered_subset_of_patches():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(12.0)[None, None, :, None].expand(6, 3, 12, 2).clone()  # slot i holds i
+    out = drop_tokens(x, 0.5, g)  # 11 patches: round(5.5) = 6 left out, 5 kept
+    assert tuple(out.shape) == (6, 3, 6, 2), out.shape
+    slots = out[..., 0]
+    assert (slots[:, :, 0] == 0).all()  # the CLS slot stays first
+    patches = slots[:, :, 1:]
+    assert (patches >= 1).all() and (patches.diff(dim=-1) > 0).all()  # distinct, in order
+    assert len({tuple(p.tolist()) for p in patches.reshape(-1, 5)}) > 1  # not one fixed subset
+    assert drop_tokens(x, 0.0, g) is x
+
+
+def test_token_drop_applies_to_heads_that_take_any_patch_count_only():
+    def head(name):
+        return build_head(replace(PRESETS[name], num_heads=2), dim=D, num_frames=T,
+                          num_patches=N, num_classes=3)
+    assert takes_any_patches(head('step')) and takes_any_patches(head('attentive'))
+    assert takes_any_patches(head('linear')) and takes_any_patches(head('step_sinusoidal'))
+    assert not takes_any_patches(head('step_token_wise'))  # an embedding row per patch
+    heads = {name: replace(PRESETS[name], num_heads=2) for name in ('step', 'step_token_wise')}
+    config = TrainConfig(epochs=2, batch_size=8, warmup_epochs=1)
+    plain = train_heads(_cache(), heads, config, progress=False)
+    dropped = train_heads(_cache(), heads, replace(config, token_drop=0.5), progress=False)
+    weights = [{h.name: h.module.state_dict() for h in run} for run in (plain, dropped)]
+    # The token-wise head saw whole windows either way; STEP trained on fewer patches.
+    token_wise = weights[0]['step_token_wise'], weights[1]['step_token_wise']
+    assert all(torch.equal(token_wise[0][k], token_wise[1][k]) for k in token_wise[0])
+    assert not torch.equal(weights[0]['step']['fc.weight'], weights[1]['step']['fc.weight'])
+    with pytest.raises(ValueError, match='token_drop=1.0'):
+        TrainConfig(token_drop=1.0).validate()

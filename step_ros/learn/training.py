@@ -24,7 +24,7 @@ from step_ros.data.features import FeatureCache
 from step_ros.data.names import safe_name
 from step_ros.distributed import Dist, rank_batches
 from step_ros.model.checkpoint import HeadMeta, save_head
-from step_ros.model.heads import HeadConfig, build_head, count_trainable
+from step_ros.model.heads import HeadConfig, StepHead, build_head, count_trainable
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class TrainConfig:
     # With a validation cache: the head leaves training with the weights of its epoch of best
     # balanced validation accuracy (the latest of equals), not the last epoch's.
     keep_best: bool = True
+    # Leave this fraction of each frame's patch tokens (a fresh random subset per window and
+    # frame) out of every training window, for heads that take any number of patches (see
+    # takes_any_patches); evaluation sees all of them.
+    token_drop: float = 0.0
 
     def validate(self) -> None:
         for name in ('epochs', 'batch_size'):
@@ -52,6 +56,8 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError(f'lr={self.lr}, weight_decay={self.weight_decay}, warmup_epochs='
                              f'{self.warmup_epochs}: need lr > 0 and the others >= 0')
+        if not 0.0 <= self.token_drop < 1.0:
+            raise ValueError(f'token_drop={self.token_drop}: must be in [0, 1)')
 
 
 @dataclass
@@ -133,6 +139,27 @@ def reverse_some(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor, reversal:
     return x, torch.where(mask, reversal[y], y)
 
 
+def takes_any_patches(module: nn.Module) -> bool:
+    """Whether a head's output is defined for any number of patches per frame (all but STEP
+    variants with a temporal embedding per token)."""
+    config = getattr(module, 'config', None)
+    return not (isinstance(module, StepHead) and config.granularity != 'frame'
+                and config.temporal != 'none')
+
+
+def drop_tokens(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Windows (B, T, 1+N, D) with round(fraction * N) patch tokens of each frame left out (a
+    random subset per window and frame, order kept); the CLS slot stays."""
+    b, t, length, dim = x.shape
+    keep = length - 1 - round(fraction * (length - 1))
+    if keep >= length - 1:
+        return x
+    chosen = torch.rand(b, t, length - 1, generator=generator).argsort(-1)[..., :keep]
+    index = chosen.sort(-1).values.add_(1).to(x.device)  # (B, T, K): patch slots
+    patches = x.gather(2, index[..., None].expand(-1, -1, -1, dim))
+    return torch.cat([x[:, :, :1], patches], dim=2)
+
+
 def _val_targets(val: FeatureCache, task: str, labels: tuple[str, ...]) -> torch.Tensor:
     """The validation cache's label ids of a task in the training labels (-1: unknown there)."""
     val_labels, val_targets, _ = val.task(task)
@@ -208,6 +235,8 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
     logs: dict[str, list[dict]] = {name: [] for name in heads}
     generator = torch.Generator().manual_seed(config.seed)
     flip_generator = torch.Generator().manual_seed(config.seed + 1)  # batch order unchanged
+    drop_generator = torch.Generator().manual_seed(config.seed + 2)
+    drops = {name: config.token_drop > 0 and takes_any_patches(m) for name, m in modules.items()}
     step = 0
     best: dict[str, tuple[float, int, dict]] = {}  # name -> (val acc, epoch, state on the CPU)
     show = progress and (dist is None or dist.is_main)
@@ -232,6 +261,8 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
                 xb, y = x, targets[name][idx].to(device)
                 if flips is not None:
                     xb, y = reverse_some(x, y, flips[idx].to(device), reversals[name])
+                if drops[name]:
+                    xb = drop_tokens(xb, config.token_drop, drop_generator)
                 logits = model(xb)  # (B, C)
                 if weights is None:
                     loss = F.cross_entropy(logits, y)

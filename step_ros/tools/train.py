@@ -33,6 +33,7 @@ from step_ros.learn.training import TrainConfig, fit_temperatures, save_run, tra
 from step_ros.model.heads import PRESETS, HeadConfig
 
 _DEFAULTS = TrainConfig()
+DEFAULT_BACKGROUND = 'none'  # the background label a cache of recordings must name
 
 
 def auto_num_heads(dim: int) -> int:
@@ -71,6 +72,20 @@ def task_heads(presets: dict[str, HeadConfig], tasks: list[str], cache: FeatureC
             heads[f'{task}_{preset}'] = config
             of[f'{task}_{preset}'] = task
     return heads, of
+
+
+def default_background(background: str | None, cache: FeatureCache, tasks: list[str], *,
+                       recordings: bool) -> str:
+    """--background as given; not given: 'none', or for clips without that label '' (a head
+    without a background, said on stderr). Recordings always have one: check_background asks."""
+    if background is not None:
+        return background
+    if recordings or any(DEFAULT_BACKGROUND in cache.task(t)[0] for t in tasks):
+        return DEFAULT_BACKGROUND
+    print(f"train: {cache.path}: no {DEFAULT_BACKGROUND!r} label among the clips' labels: the "
+          "head has no background ('nothing is happening') class; name one with --background "
+          'LABEL', file=sys.stderr)
+    return ''
 
 
 def check_background(background: str | None, cache: FeatureCache, tasks: list[str]) -> None:
@@ -116,6 +131,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             '(extract --bag), where it gave the better decided stream on '
                             'held-out recordings of both synthetic worlds (docs/TRAINING.md); '
                             'off for clips')
+    group.add_argument('--token-drop', type=float, default=_DEFAULTS.token_drop,
+                       help="fraction of each frame's patch tokens left out of every training "
+                            'window, a fresh random subset each time (heads with a temporal '
+                            f'embedding per token see all) ({_DEFAULTS.token_drop})')
     group.add_argument('--num-heads', type=int, default=0,
                        help='attention heads of every head (0: 12 for D >= 384, else 4)')
 
@@ -127,7 +146,8 @@ def train_config(args: argparse.Namespace, *, recordings: bool = False) -> Train
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                        embed_lr_scale=args.embed_lr_scale, seed=args.seed,
-                       reverse_pairs=reverse, keep_best=args.keep_best)
+                       reverse_pairs=reverse, keep_best=args.keep_best,
+                       token_drop=args.token_drop)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -153,10 +173,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--task', action='append', default=None,
                         help='task, repeatable: a further column of the clip list (e.g. object) '
                              "or the name of the main `label` column's task (default: action)")
-    parser.add_argument('--background', default='none',
+    parser.add_argument('--background', default=None,
                         help="the 'nothing is happening' label recorded in the checkpoint "
                              "(default none); it must be a label of the cache (of one of the "
-                             "--task, the others' heads get none); '' for a head without one")
+                             "--task, the others' heads get none); '' for a head without one. "
+                             "Not given, a cache of clips without a 'none' label trains a head "
+                             'without one (said in one line)')
     parser.add_argument('--window-seconds', type=float, default=None,
                         help='window length recorded in the checkpoint (default: the median '
                              'node window of the cached clips)')
@@ -180,9 +202,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             val = load_cache(args.val_cache) if args.val_cache else None
             presets = resolve_heads(args.head, dim=cache.dim, num_heads=args.num_heads)
             heads, tasks = task_heads(presets, args.task or ['action'], cache)
+            recordings = any(isinstance(c, BagFeatureCache) for c in caches)
+            args.background = default_background(args.background, cache, list(tasks.values()),
+                                                  recordings=recordings)
             check_background(args.background, cache, list(tasks.values()))
-            config = train_config(args, recordings=any(isinstance(c, BagFeatureCache)
-                                                       for c in caches))
+            config = train_config(args, recordings=recordings)
             device = rank_device(args.device, local_rank=0) if dist is None else dist.device
             trained = train_heads(cache, heads, config, val=val, tasks=tasks, dist=dist,
                                   device=device, background=args.background or None)
