@@ -62,7 +62,8 @@ def test_core_imports_without_ros():
 
 # The core's wings, lowest first: a module may import from its own wing and the ones before it.
 # The edges (ros, tools, benchmark) may import any wing; no wing imports an edge.
-WINGS = ('distributed', 'model', 'stream', 'data', 'evaluate', 'learn')
+WINGS = ('progress', 'distributed', 'model', 'stream', 'data', 'evaluate', 'learn')
+LOOSE = 2  # the first WINGS are modules, not packages
 EDGES = ('ros', 'tools', 'benchmark')
 PACKAGE = Path(REPO) / 'step_ros'
 
@@ -131,4 +132,4 @@ def test_the_package_root_holds_at_most_three_modules():
                    ('__init__.py', '__main__.py'))
     assert len(loose) <= 3, loose
     wings = {p.name for p in PACKAGE.iterdir() if (p / '__init__.py').is_file()}
-    assert wings == set(WINGS[1:]) | set(EDGES), sorted(wings)
+    assert wings == set(WINGS[LOOSE:]) | set(EDGES), sorted(wings)

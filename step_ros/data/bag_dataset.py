@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from step_ros.data.bag_cache import FRAMES_FORMAT, INDEX, NEWEST_FRACTION, WINDOWS_FORMAT
 from step_ros.data.bags import BagFrame, ReadStats, bag_path, iter_frames, topic_count
@@ -48,6 +47,7 @@ from step_ros.data.timeline import load_timeline, seconds
 from step_ros.distributed import Dist
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import MAX_FRAMES, validate_pairs
+from step_ros.progress import progress_bar
 from step_ros.stream.config import DEFAULTS, PARAMETERS, ConfigError, _typed
 from step_ros.stream.decode import DEFAULT_MAX_PIXELS
 from step_ros.stream.engine import EngineConfig, StampSampler
@@ -440,8 +440,9 @@ class _Job:
         after every shard; ranks write a record beside each shard instead, folded in by rank 0.
         """
         stats = ReadStats()
-        bar = tqdm(total=topic_count(rec.bag, rec.topic), desc=f'extract {Path(rec.bag).name}',
-                   unit='frame', disable=not self.progress)
+        bar = progress_bar(total=topic_count(rec.bag, rec.topic),
+                           desc=f'extract {Path(rec.bag).name}', unit='frame',
+                           disable=not self.progress)
 
         order = dict(frames=0, stuck=0, zero=0, last=None)  # header stamps as read
 

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from step_ros.data.names import safe_name
 from step_ros.distributed import Dist
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import MAX_FRAMES, validate_labels, validate_pairs
+from step_ros.progress import progress_bar
 
 FORMAT = 'step_ros.features/1'
 INDEX = 'index.json'
@@ -373,7 +373,8 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
     index_path = out / INDEX
     clips = index['clips']
     done = sum(s['count'] for s in index['shards'])
-    bar = tqdm(total=len(clips), initial=done, desc='extract', unit='clip', disable=not progress)
+    bar = progress_bar(total=len(clips), initial=done, desc='extract', unit='clip',
+                       disable=not progress)
     while done < len(clips):
         chunk = clip_list.clips[done:done + shard_size]
         tokens, spans = encode_chunk(chunk, backbone, num_frames=num_frames,
@@ -389,7 +390,7 @@ def extract(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: int, o
 
 
 def encode_chunk(chunk: tuple[Clip, ...], backbone: FrozenBackbone, *, num_frames: int,
-                 batch_clips: int, bar: tqdm) -> tuple[torch.Tensor, list[float]]:
+                 batch_clips: int, bar) -> tuple[torch.Tensor, list[float]]:
     """The tokens (clips, T, 1+N, D) fp16 and node windows of the clips of one shard."""
     tokens, spans = [], []
     for i in range(0, len(chunk), batch_clips):
@@ -432,9 +433,9 @@ def extract_ranked(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames:
     size = {start: len(clip_list.clips[start:start + shard_size]) for start in starts}
     mine = [(k, start) for k, start in plan[dist.rank::dist.world_size]
             if _record(out, k, start=start, count=size[start]) is None]
-    bar = tqdm(total=sum(size[start] for _, start in mine),
-               desc=f'extract rank {dist.rank}/{dist.world_size}', unit='clip',
-               disable=not (progress and dist.is_main))
+    bar = progress_bar(total=sum(size[start] for _, start in mine),
+                       desc=f'extract rank {dist.rank}/{dist.world_size}', unit='clip',
+                       disable=not (progress and dist.is_main))
     for k, start in mine:
         chunk = clip_list.clips[start:start + shard_size]
         tokens, spans = encode_chunk(chunk, backbone, num_frames=num_frames,

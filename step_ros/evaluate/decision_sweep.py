@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from step_ros.data.timeline import Timeline
 from step_ros.evaluate.stream_eval import StreamRecord, replay
 from step_ros.evaluate.stream_plots import plot_sweep
+from step_ros.progress import progress_bar
 from step_ros.stream.decision import DecisionConfig
 
 SMOOTHING = (0.0, 0.25, 0.5, 1.0)
@@ -75,8 +74,8 @@ def run_sweep(out: Path, records: Sequence[StreamRecord], *, configured: Decisio
                   timeline=timeline, temperature=temperature, switch_fraction=switch_fraction,
                   last_frame_ns=last_frame_ns)
     rows = _rank([row(c, replay(records, c, **kwargs))
-                  for c in tqdm(grid(configured), desc='sweep', unit='point',
-                                disable=not progress)])
+                  for c in progress_bar(grid(configured), desc='sweep', unit='point',
+                                        disable=not progress)])
     chosen_report = replay(records, configured, **kwargs)
     chosen = row(configured, chosen_report)
     chosen['true_changes_per_min'] = chosen_report['stream']['true_changes_per_min']

@@ -18,7 +18,6 @@ from dataclasses import fields
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from step_ros.data.bag_cache import BagFeatureCache, WindowTokens
 from step_ros.data.bag_dataset import window_starts
@@ -26,6 +25,7 @@ from step_ros.data.timeline import Segment, Timeline
 from step_ros.evaluate.decision_sweep import grid, mean_row, row
 from step_ros.evaluate.stream_eval import StreamRecord, replay
 from step_ros.learn.training import predict
+from step_ros.progress import progress_bar
 from step_ros.stream.calibration import softmax
 from step_ros.stream.decision import DecisionConfig
 from step_ros.stream.engine import EngineConfig, ambiguity
@@ -100,8 +100,8 @@ def fit_decision(recordings: list[tuple[list[StreamRecord], Timeline, int]], *,
         return mean_row(rows)
 
     points = grid(base)
-    rows = [scored(c) for c in tqdm(points, desc='fit decision', unit='point',
-                                    disable=not progress, mininterval=2.0)]
+    rows = [scored(c) for c in progress_bar(points, desc='fit decision', unit='point',
+                                            disable=not progress, mininterval=2.0)]
     calm = [i for i, r in enumerate(rows)
             if r['changes_ratio'] is not None and r['changes_ratio'] <= MAX_CHANGES_RATIO]
     pool = calm or list(range(len(rows)))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from step_ros.data.features import ClipList, read_frames
 from step_ros.evaluate.metrics import accuracy_report
@@ -27,6 +26,7 @@ from step_ros.learn.training import (
 )
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.peft import PeftConfig, PeftModel
+from step_ros.progress import progress_bar
 
 
 @dataclass
@@ -52,7 +52,7 @@ def load_pixels(clip_list: ClipList, backbone: FrozenBackbone, *, num_frames: in
                 progress: bool = True) -> PixelClips:
     """Decode and preprocess every clip's T frames once, with the backbone's own preprocessing."""
     pixels = []
-    for clip in tqdm(clip_list.clips, desc='frames', unit='clip', disable=not progress):
+    for clip in progress_bar(clip_list.clips, desc='frames', unit='clip', disable=not progress):
         frames, _ = read_frames(clip, num_frames)  # (T, H, W, 3) uint8
         with torch.inference_mode():
             x = backbone.preprocess(backbone.to_device(frames))  # (T, 3, S, S)
@@ -88,7 +88,7 @@ def train_peft(name: str, config: PeftConfig, backbone: FrozenBackbone, data: Pi
     flip_generator = torch.Generator().manual_seed(train.seed + 1)  # as training.train_heads
     reversal = reversal_targets(data.labels, data.symmetric_pairs).to(backbone.device)
     log, step = [], 0
-    bar = tqdm(total=total, desc=f'train {name}', unit='step', disable=not progress)
+    bar = progress_bar(total=total, desc=f'train {name}', unit='step', disable=not progress)
     for epoch in range(train.epochs):
         model.train()
         loss_sum, correct = 0.0, 0

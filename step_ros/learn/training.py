@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from step_ros.data.features import FeatureCache
 from step_ros.data.names import safe_name
 from step_ros.distributed import Dist, rank_batches
 from step_ros.model.checkpoint import HeadMeta, save_head
 from step_ros.model.heads import HeadConfig, StepHead, build_head, count_trainable
+from step_ros.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,8 @@ def train_heads(cache: FeatureCache, heads: dict[str, HeadConfig], config: Train
     step = 0
     best: dict[str, tuple[float, int, dict]] = {}  # name -> (val acc, epoch, state on the CPU)
     show = progress and (dist is None or dist.is_main)
-    bar = tqdm(total=total, desc=f'train {len(heads)} head(s)', unit='step', disable=not show)
+    bar = progress_bar(total=total, desc=f'train {len(heads)} head(s)', unit='step',
+                       disable=not show)
     for epoch in range(config.epochs):
         for module in modules.values():
             module.train()

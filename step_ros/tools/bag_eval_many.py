@@ -23,10 +23,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from step_ros.data.names import safe_name
 from step_ros.evaluate import decision_sweep as bag_sweep
+from step_ros.progress import progress_bar
 from step_ros.stream.decision import DecisionConfig
 from step_ros.tools import bag_score
 
@@ -78,8 +78,8 @@ def run_many(args: argparse.Namespace) -> int:
     with ProcessPoolExecutor(max_workers=workers, initializer=_limit_threads,
                              initargs=(max(1, cpus // workers),),
                              mp_context=multiprocessing.get_context('spawn')) as pool:
-        results = list(tqdm(pool.map(_one, jobs), total=len(jobs), desc='bag-eval',
-                            unit='bag', disable=args.no_progress))
+        results = list(progress_bar(pool.map(_one, jobs), total=len(jobs), desc='bag-eval',
+                                    unit='bag', disable=args.no_progress))
     wall = time.perf_counter() - start
     errors = [error for *_, error in results if error]
     for error in errors:

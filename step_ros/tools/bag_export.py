@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import cv2
-from tqdm import tqdm
 
 from step_ros.data.bags import (
     BagError,
@@ -29,6 +28,7 @@ from step_ros.data.bags import (
     open_bag,
     topic_count,
 )
+from step_ros.progress import progress_bar
 
 FOURCC = {'.mp4': 'mp4v', '.avi': 'MJPG', '.mkv': 'mp4v'}
 FPS_RANGE = (0.1, 1000.0)
@@ -144,8 +144,8 @@ def export(bag: str | Path, topic: str, out: str | Path, *, fps: float = 30.0,
         held_shown = True
 
     try:
-        for frame in tqdm(iter_frames(bag, topic, stats=stats), total=total, desc='bag-export',
-                          unit='frame', disable=not progress):
+        for frame in progress_bar(iter_frames(bag, topic, stats=stats), total=total,
+                                  desc='bag-export', unit='frame', disable=not progress):
             image = frame.image
             if first is None:
                 first = frame.stamp_ns

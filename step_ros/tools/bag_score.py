@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from step_ros.data.bags import BagError, BagWriter, ReadStats, iter_frames, topic_count
 from step_ros.data.timeline import Timeline, TimelineError, load_timeline, seconds
@@ -46,6 +45,7 @@ from step_ros.evaluate.stream_eval import (
 from step_ros.evaluate.stream_plots import plot_timeline
 from step_ros.model.backbone import BackboneError
 from step_ros.model.checkpoint import CheckpointError
+from step_ros.progress import progress_bar
 from step_ros.stream.calibration import plot_reliability
 from step_ros.stream.config import (
     ConfigError,
@@ -139,8 +139,8 @@ def run_bag(args: argparse.Namespace) -> tuple[dict, list, list]:
     if writer is not None:
         writer.__enter__()
     try:
-        for frame in tqdm(frames, total=total, desc='bag-eval', unit='frame',
-                          disable=args.no_progress):
+        for frame in progress_bar(frames, total=total, desc='bag-eval', unit='frame',
+                                  disable=args.no_progress):
             if first is None:
                 first = frame.stamp_ns
                 if args.relative and timeline is not None:

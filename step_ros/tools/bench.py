@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from step_ros.benchmark import incremental, runs
 from step_ros.benchmark.measure import Clock, machine, memory
 from step_ros.benchmark.report import render
 from step_ros.benchmark.subjects import VITB14_RANDOM, Frames, load_backbone, make_head
 from step_ros.model.backbone import DTYPES, BackboneError, resolve_device
+from step_ros.progress import progress_bar
 from step_ros.stream.engine import EngineConfig
 
 SCHEMA = 'step_ros.bench/1'
@@ -85,7 +85,7 @@ def _free(device: torch.device) -> None:
 
 def bench_backbone(name: str, *, args: argparse.Namespace, device: torch.device,
                    precisions: list[str], budget: runs.Budget, clock: Clock,
-                   peak: float | None, progress: tqdm) -> dict:
+                   peak: float | None, progress) -> dict:
     usable = [p for p in precisions if not (device.type == 'cpu' and p == 'fp16')]
     main = usable[0]
     T = args.frames
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     started = time.perf_counter()
     clock = Clock(device)
     sections = 5 * len(backbones) + args.incremental_head
-    with tqdm(total=sections, desc='bench', unit='section') as progress:
+    with progress_bar(total=sections, desc='bench', unit='section') as progress:
         for name in backbones:
             try:
                 result['backbones'].append(bench_backbone(

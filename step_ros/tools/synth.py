@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from tqdm import tqdm
 
+from step_ros.progress import progress_bar
 from step_ros.tools import synth_bag
 
 SPLITS = ('train', 'val', 'test')
@@ -95,7 +95,7 @@ def write_dataset(args: argparse.Namespace) -> dict:
     jobs = [(s, c, k) for s in SPLITS for c in range(len(world.LABELS))
             for k in range(counts[s])]
     rows: dict[str, list[list]] = {s: [] for s in SPLITS}
-    for split, c, k in tqdm(jobs, desc='synth', unit='clip'):
+    for split, c, k in progress_bar(jobs, desc='synth', unit='clip'):
         label = world.LABELS[c]
         rng = np.random.default_rng([args.seed, SPLITS.index(split), c, k])
         n = int(rng.integers(args.min_frames, args.max_frames + 1))

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 import yaml
-from tqdm import tqdm
 
 from step_ros.data import synth, workcell
 from step_ros.data.bags import BagError, BagWriter
 from step_ros.data.synth import DEFAULT_SIZE, ActionStream
 from step_ros.data.timeline import write_timeline
 from step_ros.data.workcell import WorkcellStream
+from step_ros.progress import progress_bar
 
 TIMELINE_NAME = 'timeline.csv'
 # Header stamps start here (2023-11-14, whole seconds): realistic epoch times, never 0, which
@@ -135,8 +135,8 @@ def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: floa
             **options, seconds=seconds, topic=topic, compressed=compressed,
             timeline=TIMELINE_NAME)))
         frames = zip(range(count), stream)
-        for index, (frame, _, _) in tqdm(frames, total=count, desc='synth bag', unit='frame',
-                                         disable=not progress):
+        for index, (frame, _, _) in progress_bar(frames, total=count, desc='synth bag',
+                                                 unit='frame', disable=not progress):
             writer.write_image(topic, frame, stamp_ns=stamp(index), frame_id='camera',
                                compressed=compressed)
     segments = []
