@@ -55,3 +55,24 @@ def test_package_share_outside_a_colcon_install_is_the_source_tree(monkeypatch):
     monkeypatch.setitem(sys.modules, 'ament_index_python.packages', None)
     share = package_share()
     assert (share / 'config' / 'demo.yaml').is_file(), share
+
+
+CHECK_FLUSH = r"""
+import sys, torch
+from step_ros import __main__ as cli
+from step_ros.learn.training import flushes_denormals
+seen = {}
+def record(argv, prog=None):
+    seen['flush'] = flushes_denormals()
+    return 0
+import step_ros.tools.train as train
+train.main = record
+code = cli.main(['train', '--help'])
+print(seen['flush'], code)
+"""
+
+
+def test_training_commands_flush_subnormals_before_torch_starts_threads():
+    result = subprocess.run([sys.executable, '-c', CHECK_FLUSH], cwd=REPO, env=ros_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ['True', '0'], (result.stdout, result.stderr)
