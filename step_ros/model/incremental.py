@@ -32,9 +32,10 @@ def exact(module: torch.nn.Module) -> bool:
     return config.kind == 'step' and config.block == 'bare' and not config.frame_cls
 
 
-# From this head width on, the mean over queries is taken of the attention weights before they
-# meet V (pooled_attention); below it the fused kernel is faster (bench --incremental-head:
-# d = 160 of EfficientNet-Lite0 gains, d = 64 of ViT-B/14 loses).
+# On a CPU, from this head width on, the mean over queries is taken of the attention weights
+# before they meet V (pooled_attention); below it the fused kernel is faster (bench
+# --incremental-head: d = 160 of EfficientNet-Lite0 gains, d = 64 of ViT-B/14 loses). GPUs keep
+# the fused kernel, which never writes the weights to memory.
 POOLED_SCORES_HEAD_DIM = 128
 QUERY_CHUNK = 64  # queries per block of scores (64 x L x H floats in flight)
 
@@ -151,7 +152,7 @@ class IncrementalStep:
                 q = q[:, :, :1]  # the global CLS query alone
             elif config.pool == 'patches' and config.global_cls:
                 q = q[:, :, 1:]
-            if q.shape[2] > 1 and dim // h >= POOLED_SCORES_HEAD_DIM:
+            if q.device.type == 'cpu' and q.shape[2] > 1 and dim // h >= POOLED_SCORES_HEAD_DIM:
                 pooled = pooled_attention(q, k, v)  # (rows, H, d)
             else:
                 pooled = F.scaled_dot_product_attention(q, k, v).mean(dim=2)
