@@ -6,7 +6,9 @@ and kept in the stream's ring; the projected embedding W t_i of the frame's posi
 is added per prediction (the ring rotates: a frame's position changes, its projections do not).
 The mean pool commutes with the output projection, so the attention outputs are averaged over the
 pooled queries first and projected once. What a prediction still computes is the attention of all
-queries against all keys, through the fused scaled_dot_product_attention kernel.
+queries against all keys: through the fused scaled_dot_product_attention kernel, or on a CPU with
+wide heads as the queries' mean of the attention weights times V (pooled_attention), which
+skips the per-query product with V.
 
 Attention and the mean pool are blind to the order of the tokens, so the ring is used in its
 storage order; only the embedding rows follow the positions (oldest frame = position 0).
@@ -45,12 +47,13 @@ def pooled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     d), (R, H, L, d) x 2 -> (R, H, d). The weights times V is one row per head instead of Lq."""
     scale = q.shape[-1] ** -0.5
     keys = k.transpose(-1, -2)
-    weights = q.new_zeros(q.shape[:2] + (k.shape[2],))  # (R, H, L)
+    # Summed over hundreds of queries: in float32 whatever the model's precision.
+    weights = q.new_zeros(q.shape[:2] + (k.shape[2],), dtype=torch.float32)  # (R, H, L)
     for i in range(0, q.shape[2], QUERY_CHUNK):
         scores = torch.matmul(q[:, :, i:i + QUERY_CHUNK], keys).mul_(scale)
-        weights += scores.softmax(-1).sum(dim=2)
+        weights += scores.softmax(-1, dtype=torch.float32).sum(dim=2)
     weights /= q.shape[2]
-    return torch.matmul(weights.unsqueeze(2), v).squeeze(2)
+    return torch.matmul(weights.to(v.dtype).unsqueeze(2), v).squeeze(2)
 
 
 def _add_rolled(projected: torch.Tensor, table: torch.Tensor, oldest: int,
