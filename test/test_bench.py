@@ -124,6 +124,8 @@ def test_bench_client_e2e_against_node(tmp_path):
     assert report['published'] > 50, report['published']
     assert report['actions'] >= 1, f'no HumanAction received: {output}\n{log}'
     assert report['latency_publish_to_action']['n'] == report['actions'], report
+    # The first T - 1 = 3 sampled frames are answered warming_up, and not timed as predictions.
+    assert report['warming_up_messages'] >= 3, report
     node = report['node']
     assert int(node['received']) >= 1 and int(node['published']) >= 1, node
     # One RSS sample a second over 8 s; the trend uses those after the first 8/3 s.

@@ -3,7 +3,7 @@ the checkpoint carries the values, and bag-eval (like the node) decides with the
 parameters set decision.*, saying which values it uses and where they come from."""
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -56,6 +56,9 @@ def test_the_fit_beats_the_defaults_and_keeps_changes_near_the_truth():
     fitted, defaults = summary['chosen'], summary['defaults']
     assert summary['recordings'] == 2 and summary['points'] >= 100, summary
     assert chosen == DecisionConfig(**summary['values'])
+    # The defaults' row is the default point's (taken from the grid, not replayed twice).
+    assert DecisionConfig(**{f.name: defaults[f.name] for f in fields(DecisionConfig)}) \
+        == DecisionConfig(), defaults
     # The defaults START on the flicker; the fitted values do not, and score higher.
     assert defaults['changes_ratio'] > MAX_CHANGES_RATIO, defaults
     assert fitted['changes_ratio'] <= MAX_CHANGES_RATIO, fitted

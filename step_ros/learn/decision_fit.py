@@ -108,9 +108,11 @@ def fit_decision(recordings: list[tuple[list[StreamRecord], Timeline, int]], *,
     best = max(pool, key=lambda i: (rows[i]['score'],
                                     -(rows[i]['onset_latency_p50'] or float('inf'))))
     chosen = points[best]
+    # The base point is usually on the grid: its row is not replayed a second time.
+    base_row = rows[points.index(base)] if base in points else scored(base)
     summary = dict(recordings=len(recordings), windows=sum(len(r) for r, _, _ in recordings),
                    points=len(points), chosen=_rounded(rows[best]),
-                   defaults=_rounded(scored(base)),
+                   defaults=_rounded(base_row),
                    values={f.name: getattr(chosen, f.name) for f in fields(DecisionConfig)})
     return chosen, summary
 

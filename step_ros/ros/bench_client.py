@@ -84,10 +84,13 @@ class Client:
         self.lock = threading.Lock()
         self.sent: dict[int, int] = {}  # header stamp ns -> monotonic ns at publish
         self.latencies: list[tuple[float, float, float]] = []  # (t s, client ms, node ms)
+        self.warming_up = 0  # answers before the window filled, left out of the latencies
         self.diagnostics: dict[str, str] = {}
         self.publisher = node.create_publisher(Image, f'{ns}/image', qos_profile_sensor_data)
-        node.create_subscription(HumanAction, f'{ns}/human_action', self._on_action,
-                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.actions = node.create_subscription(HumanAction, f'{ns}/human_action',
+                                                self._on_action,
+                                                QoSProfile(depth=100,
+                                                           reliability=ReliabilityPolicy.RELIABLE))
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.frames = [self._image(width, height, i) for i in range(4)]
         self.t0 = time.monotonic_ns()
@@ -99,6 +102,11 @@ class Client:
         msg.header.frame_id = 'bench_camera'
         msg.data = pixels.tobytes()
         return msg
+
+    def matched(self) -> bool:
+        """The node takes our images and we take its actions (matched both ways)."""
+        counted = getattr(self.actions, 'get_publisher_count', None)  # rclpy >= Iron
+        return self.publisher.get_subscription_count() > 0 and (counted is None or counted() > 0)
 
     def publish(self, i: int) -> None:
         msg = self.frames[i % len(self.frames)]
@@ -115,7 +123,9 @@ class Client:
         now = time.monotonic_ns()
         with self.lock:
             sent = self.sent.pop(stamp_to_ns(msg.header.stamp), None)
-        if sent is not None:
+        if sent is not None and msg.state == HumanAction.STATE_WARMING_UP:
+            self.warming_up += 1  # the window is not full yet: no head ran, not a prediction
+        elif sent is not None:
             node_ms = msg.latency.sec * 1e3 + msg.latency.nanosec / 1e6
             self.latencies.append(((now - self.t0) / 1e9, (now - sent) / 1e6, node_ms))
 
@@ -168,6 +178,7 @@ def analyse(result: dict, client: Client, *, rate: float, sample_hz: float, fram
     out = dict(latency_publish_to_action=summary([m / 1e3 for m in client_ms]),
                latency_node_receipt_to_publish=summary([m / 1e3 for m in node_ms]),
                actions=len(lat), action_hz=len(lat) / result['elapsed_s'],
+               warming_up_messages=client.warming_up,
                expected_actions=expected, node=client.diagnostics)
     # The node's counters over the run (they count from its start): what reached its callback,
     # what the worker took, what the latest-wins slot replaced unseen.
@@ -216,13 +227,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         client = Client(node, ns=args.ns, width=width, height=height)
         spinner.start()
         deadline = time.monotonic() + args.ready_timeout
-        while client.publisher.get_subscription_count() == 0:
+        while not client.matched():
             if process is not None and process.poll() is not None:
                 print(f'bench_client: the node exited with {process.returncode}; see '
                       f"{args.out / f'{args.mode}_node.log'}", file=sys.stderr)
                 return 1
             if time.monotonic() > deadline:
-                print(f'bench_client: nothing subscribed to {args.ns}/image within '
+                print(f'bench_client: nothing subscribed to {args.ns}/image (or published '
+                      f'{args.ns}/human_action) within '
                       f'{args.ready_timeout:.0f} s', file=sys.stderr)
                 return 1
             time.sleep(0.1)
