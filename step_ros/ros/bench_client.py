@@ -123,11 +123,13 @@ class Client:
         now = time.monotonic_ns()
         with self.lock:
             sent = self.sent.pop(stamp_to_ns(msg.header.stamp), None)
-        if sent is not None and msg.state == HumanAction.STATE_WARMING_UP:
+        if sent is None:
+            return
+        if msg.state == HumanAction.STATE_WARMING_UP:
             self.warming_up += 1  # the window is not full yet: no head ran, not a prediction
-        elif sent is not None:
-            node_ms = msg.latency.sec * 1e3 + msg.latency.nanosec / 1e6
-            self.latencies.append(((now - self.t0) / 1e9, (now - sent) / 1e6, node_ms))
+            return
+        node_ms = msg.latency.sec * 1e3 + msg.latency.nanosec / 1e6
+        self.latencies.append(((now - self.t0) / 1e9, (now - sent) / 1e6, node_ms))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -233,9 +235,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                       f"{args.out / f'{args.mode}_node.log'}", file=sys.stderr)
                 return 1
             if time.monotonic() > deadline:
-                print(f'bench_client: nothing subscribed to {args.ns}/image (or published '
-                      f'{args.ns}/human_action) within '
-                      f'{args.ready_timeout:.0f} s', file=sys.stderr)
+                print(f'bench_client: no node took {args.ns}/image and published '
+                      f'{args.ns}/human_action within {args.ready_timeout:.0f} s',
+                      file=sys.stderr)
                 return 1
             time.sleep(0.1)
         pid = args.node_pid or (process.pid if process else find_pid('perception_node'))
