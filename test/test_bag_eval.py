@@ -143,7 +143,7 @@ def check_stream_outputs(out, report, rows):
     for name in ('timeline.png', 'sweep.png'):
         assert (out / name).read_bytes()[:4] == b'\x89PNG', name
     sweep = list(csv.DictReader((out / 'sweep.csv').open()))
-    assert len(sweep) == report['sweep']['points'] == 256
+    assert len(sweep) == report['sweep']['points'] == 384
     assert sweep[0]['score'] == str(report['sweep']['best']['score'])
     # The sweep's replay of the configured parameters is bag-eval's own decided stream.
     configured = report['sweep']['configured']

@@ -114,7 +114,7 @@ def test_several_recordings_average_their_stream_scores_and_sweeps(setup):
 
     per_recording = [read_sweep(out / r['name'] / 'sweep.csv') for r in merged['recordings']]
     rows = read_sweep(out / 'sweep.csv')
-    assert len(rows) == merged['overall']['sweep']['points'] == 256
+    assert len(rows) == merged['overall']['sweep']['points'] == 384
     assert merged['overall']['sweep']['best'] == rows[0]
 
     def point(r):

@@ -67,6 +67,41 @@ def test_the_fit_beats_the_defaults_and_keeps_changes_near_the_truth():
     assert fitted['edit_score'] >= 85 > defaults['edit_score'], (fitted, defaults)
 
 
+def unsure_recording(seed: int) -> tuple[list[StreamRecord], Timeline, int]:
+    """40 s of 'wave' and 'stir' (3 s each) with 'none' (2 s) between them, at 8 predictions
+    per second from a 1 s window; a head that reads new recordings unsurely: the true label
+    leads with about 0.4 of the probability, never 0.5."""
+    rng = np.random.default_rng(seed)
+    labels = ('none', 'stir', 'wave')
+    segments, t = [], 0
+    while t < 40 * S:
+        action = 'wave' if (t // (5 * S)) % 2 else 'stir'
+        segments += [Segment(t, t + 3 * S, action), Segment(t + 3 * S, t + 5 * S, 'none')]
+        t += 5 * S
+    timeline = Timeline(segments)
+    records = []
+    for i in range(8, 320):
+        stamp = i * S // 8
+        truth = timeline.label_at(stamp - S // 2)
+        probs = np.full(3, 0.3) + rng.uniform(0.0, 0.02, 3)
+        probs[labels.index(truth)] = 0.42
+        records.append(StreamRecord(stamp_ns=stamp, window_start_ns=stamp - S, label='',
+                                    probs=probs / probs.sum(), ambiguous=False))
+    return records, timeline, records[-1].stamp_ns
+
+
+def test_a_head_unsure_on_new_recordings_still_gets_a_stage_that_starts_actions():
+    recordings = [unsure_recording(seed) for seed in (0, 1)]
+    chosen, summary = fit_decision(recordings, labels=('none', 'stir', 'wave'),
+                                   background='none', window_seconds=1.0, switch_fraction=0.5,
+                                   temperature=1.0, progress=False)
+    fitted = summary['chosen']
+    assert chosen.enter_threshold < 0.5, chosen
+    assert fitted['start_f1'] >= 0.8 and fitted['edit_score'] >= 80, fitted
+    # The defaults (enter 0.5) start nothing on these recordings.
+    assert summary['defaults']['changes_ratio'] == 0.0, summary['defaults']
+
+
 @pytest.fixture(scope='module')
 def flow(tmp_path_factory):
     """The documented flow on the tiny backbone: three recordings to train, one to validate,

@@ -36,3 +36,21 @@ def test_meets_checks_each_target():
     assert not flow.meets({**good, 'raw_edit': 60.0})['decided_edit']  # not raw + 25
     assert not flow.meets({**good, 'changes_ratio': 1.4})['changes_ratio']
     assert not flow.meets({**good, 'start_f1': None})['start_f1']
+
+
+def test_workcell_recordings_are_one_cell_unless_asked(tmp_path, monkeypatch):
+    rendered = []
+
+    def render(bag, **kwargs):
+        rendered.append((bag.name, kwargs.get('cell')))
+        bag.mkdir(parents=True)
+        (bag / 'timeline.csv').write_text('start,end,label\n')
+
+    monkeypatch.setattr(flow, 'write_synth_bag', render)
+    base = ['--world', 'workcell', '--seed', '3', '--train-recordings', '1']
+    flow._recordings(flow.build_parser().parse_args([*base, '--out', str(tmp_path / 'a')]))
+    assert rendered == [('workcell_cell3_3', 3), ('workcell_cell3_4', 3), ('workcell_cell3_5', 3)]
+    rendered.clear()
+    flow._recordings(flow.build_parser().parse_args(
+        [*base, '--out', str(tmp_path / 'b'), '--cell-per-recording']))
+    assert rendered == [('workcell_3', None), ('workcell_4', None), ('workcell_5', None)]

@@ -203,6 +203,26 @@ def test_actions_world_bag_is_unchanged(tmp_path):
     assert all(np.array_equal(f.image, e) for f, e in zip(iter_frames(bag, TOPIC), expected))
 
 
+def test_recordings_of_one_cell_share_camera_and_bench_not_operator():
+    def static(seed: int, cell: int | None) -> tuple[np.ndarray, np.ndarray]:
+        recording = WorkcellStream(seed=seed, fps=10.0, size=(96, 96), cell=cell).recording
+        return recording.background.astype(np.float32), recording.glove
+
+    def apart(a: np.ndarray, b: np.ndarray) -> float:  # mean grey-level difference
+        return float(np.abs(a - b).mean())
+
+    (one_a, glove_a), (one_b, glove_b) = static(1, cell=7), static(2, cell=7)
+    (own_a, _), (own_b, _) = static(1, cell=None), static(2, cell=None)
+    (other, _) = static(1, cell=8)
+    # The camera moves a little between recordings of one cell; other cells look elsewhere.
+    assert apart(one_a, one_b) < 0.5 * min(apart(own_a, own_b), apart(one_a, other)), (
+        apart(one_a, one_b), apart(own_a, own_b), apart(one_a, other))
+    assert apart(one_a, one_b) > 0  # not bolted to the pixel
+    assert not np.array_equal(glove_a, glove_b)  # another operator
+    # Without a cell, a recording is its own cell, as before cells existed.
+    assert np.array_equal(own_a, static(1, cell=None)[0])
+
+
 def test_synth_cli_world_options(tmp_path, capsys):
     out = tmp_path / 'gaps'
     assert synth_cli.main(['--bag', str(out), '--world', 'workcell', '--seconds', '12',
@@ -215,7 +235,8 @@ def test_synth_cli_world_options(tmp_path, capsys):
     assert actions and all(0.4 <= a <= 1.5 for a in actions), actions
     capsys.readouterr()
     for argv, words in ((['--world', 'workcell', '--action-seconds', '3'], '--action-seconds'),
-                        (['--window-seconds', '3'], '--window-seconds')):
+                        (['--window-seconds', '3'], '--window-seconds'),
+                        (['--cell', '3'], '--cell')):
         assert synth_cli.main(['--bag', str(tmp_path / 'bad'), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err

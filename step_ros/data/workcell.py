@@ -3,7 +3,8 @@
 Independent of `synth` (its classes, drawing, scenes and timing) so that defaults chosen on one
 world can be checked on the other. A gloved hand works five fixtures on a bench, drawn as shaded
 3-D solids through a pinhole camera whose pose (elevation, azimuth, distance, roll) is drawn per
-recording:
+cell (`cell`: recordings of one cell share it, as a user's own cell does; without it, per
+recording):
 
 - push / pull: a carriage slides along a rail away from / towards the operator;
 - raise / lower: a lever swings up about its pivot / back down;
@@ -140,13 +141,20 @@ class _View:
     centre: np.ndarray  # (2,) principal point: the frame centre
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, size: tuple[int, int]) -> _View:
+    def draw(cls, rng: np.random.Generator, size: tuple[int, int],
+             jitter: np.random.Generator | None = None) -> _View:
+        """A camera pose drawn from `rng`; `jitter` moves it slightly (a camera mounted again)."""
         h, w = size
         elevation = math.radians(rng.uniform(38.0, 62.0))
         azimuth = math.radians(rng.uniform(-22.0, 22.0))
         distance = rng.uniform(2.5, 3.3)  # the scale of the scene in the frame varies by ~30 %
         roll = math.radians(rng.uniform(-4.0, 4.0))
         target = np.array([rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), 0.18])
+        if jitter is not None:
+            elevation += math.radians(jitter.uniform(-2.0, 2.0))
+            azimuth += math.radians(jitter.uniform(-2.0, 2.0))
+            distance *= jitter.uniform(0.97, 1.03)
+            roll += math.radians(jitter.uniform(-1.0, 1.0))
         back = np.array([math.sin(azimuth) * math.cos(elevation),
                          -math.cos(azimuth) * math.cos(elevation), math.sin(elevation)])
         forward = -back
@@ -256,9 +264,16 @@ class _Events:
 
 
 class _Recording:
-    """One camera watching one cell: everything fixed for a whole recording."""
+    """One camera watching one cell: everything fixed for a whole recording.
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int]) -> None:
+    Without `cell`, every recording is a cell of its own (camera pose, light, bench, backdrop,
+    status lamp drawn from `rng`). With `cell`, those come from the cell's seed, so recordings
+    of one cell share them, the camera moved by a few degrees at most; the operator (glove,
+    sleeve), sensor noise, exposure, gain drift and shakes stay the recording's own.
+    """
+
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int],
+                 cell: int | None = None) -> None:
         self.size = size
         self.seed = int(rng.integers(2**31))
         self.view = _View.draw(rng, size)
@@ -281,6 +296,15 @@ class _Recording:
             float(r.uniform(0.15, 0.6)), float(r.uniform(0.004, 0.012) * side),
             float(r.uniform(0, 2 * math.pi)), float(r.uniform(0, 2 * math.pi))))
         self.lamp = _Events(np.random.default_rng([self.seed, 2]), (1.5, 8.0), lambda r: ())
+        if cell is not None:
+            fixed = np.random.default_rng([int(cell), 3])
+            self.view = _View.draw(fixed, size, jitter=np.random.default_rng([self.seed, 3]))
+            light = np.array([fixed.uniform(-0.6, 0.6), fixed.uniform(-0.7, 0.2), 1.0])
+            self.light = light / np.linalg.norm(light)
+            self.bench = _tint(fixed, _BENCHES, 12.0)
+            self.backdrop = _tint(fixed, _BACKDROPS, 8.0)
+            self.lamp_at = np.array([fixed.choice([-0.8, 0.8]) + fixed.uniform(-0.1, 0.1),
+                                     0.82, 0.55])
         self.background = self._environment()
 
     def _environment(self) -> np.ndarray:
@@ -526,13 +550,16 @@ class WorkcellStream:
 
     Each action lasts DURATION_RANGE (0.8x to 3x) `window_seconds`, drawn per action; each idle
     gap (the background class, `idle`) lasts a time drawn uniformly from `idle_seconds` =
-    (shortest, longest); (0, 0) puts the actions back to back. Iterating yields (frame RGB uint8
+    (shortest, longest); (0, 0) puts the actions back to back. Streams of one `cell` watch the
+    same bench from the same camera (see _Recording); without it each is a cell of its own.
+    Iterating yields (frame RGB uint8
     (H, W, 3), t seconds since start, label); frames are drawn lazily, one per step.
     """
 
     def __init__(self, *, seed: int = 0, fps: float = 30.0, size: tuple[int, int] = DEFAULT_SIZE,
                  window_seconds: float = 2.0, actions: tuple[str, ...] = ACTIONS,
-                 idle_seconds: tuple[float, float] = IDLE_SECONDS) -> None:
+                 idle_seconds: tuple[float, float] = IDLE_SECONDS,
+                 cell: int | None = None) -> None:
         if not (0 < fps < math.inf and 0 < window_seconds < math.inf):  # NaN fails too
             raise ValueError(f'fps={fps}, window_seconds={window_seconds}: both must be finite '
                              'and > 0')
@@ -557,7 +584,7 @@ class WorkcellStream:
         self.window_seconds = float(window_seconds)
         self.actions = tuple(actions)
         self.idle_seconds = (lo, hi)
-        self.recording = _Recording(self.rng, self.size)
+        self.recording = _Recording(self.rng, self.size, cell)
         self._segments: list[tuple[float, float, str]] = []
 
     def segments(self) -> list[tuple[float, float, str]]:

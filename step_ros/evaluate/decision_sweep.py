@@ -23,7 +23,7 @@ from step_ros.progress import progress_bar
 from step_ros.stream.decision import DecisionConfig
 
 SMOOTHING = (0.0, 0.25, 0.5, 1.0)
-ENTER = (0.5, 0.6, 0.7, 0.8)
+ENTER = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 EXIT_BELOW_ENTER = (0.1, 0.3)  # exit_threshold = enter_threshold - this
 DWELL = (0.0, 0.125, 0.25, 0.5)
 MIN_CONFIDENCE = (0.0, 0.4)

@@ -50,6 +50,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--num-frames', type=int, default=8, help="the node's T (8)")
     parser.add_argument('--window-seconds', type=float, default=2.0,
                         help="the node's window_seconds (2.0)")
+    parser.add_argument('--cell-per-recording', action='store_true',
+                        help='workcell world: every recording a cell of its own (camera pose, '
+                             'light, bench), a harder check than the default, where all are '
+                             "recordings of one cell (the user's own) by other operators")
     parser.add_argument('--extract-arg', default='',
                         help="extra flags for extract, one string (e.g. '--straddle drop')")
     parser.add_argument('--train-arg', default='',
@@ -64,11 +68,15 @@ def _recordings(args: argparse.Namespace) -> list[Path]:
     count = args.train_recordings + 1 + args.test
     folder = args.out / 'recordings'
     bags = []
+    one_cell = args.world == 'workcell' and not args.cell_per_recording
     for i in range(count):
-        bag = folder / f'{args.world}_{args.seed + i}'
+        # Recordings of one cell (the first seed's) are named apart from those of a cell each.
+        cell = f'cell{args.seed}_' if one_cell else ''
+        bag = folder / f'{args.world}_{cell}{args.seed + i}'
         if not (bag / 'timeline.csv').is_file():
             extra = {} if args.world == 'actions' else dict(
-                world=args.world, window_seconds=args.window_seconds)
+                world=args.world, window_seconds=args.window_seconds,
+                cell=args.seed if one_cell else None)
             write_synth_bag(bag, seconds=args.seconds, seed=args.seed + i, fps=args.fps,
                             topic=TOPIC, progress=sys.stderr.isatty(), **extra)
         bags.append(bag)
@@ -146,6 +154,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         rows.append(dict(bag=bag.name, **scores(report),
                          decision_source=report.get('decision_source')))
     summary = dict(world=args.world, name=args.name, extract_arg=args.extract_arg,
+                   cells=None if args.world != 'workcell' else (
+                       'one per recording' if args.cell_per_recording else 'one'),
                    train_arg=args.train_arg, seconds=args.seconds, fps=args.fps,
                    train_recordings=args.train_recordings, num_frames=args.num_frames,
                    window_seconds=args.window_seconds, targets=TARGETS, held_out=rows)
@@ -163,7 +173,9 @@ def _cell(value, ok: bool | None = None) -> str:
 def markdown(summary: dict) -> str:
     lines = [f"# flow on the {summary['world']} world ({summary['name']})", '',
              f"{summary['train_recordings']} training recordings, 1 validation, "
-             f"{len(summary['held_out'])} held out; {summary['seconds']:g} s each at "
+             f"{len(summary['held_out'])} held out"
+             + (f" (cells: {summary['cells']})" if summary.get('cells') else '') + '; '
+             f"{summary['seconds']:g} s each at "
              f"{summary['fps']:g} fps; T={summary['num_frames']} over "
              f"{summary['window_seconds']:g} s; extract {summary['extract_arg'] or '(defaults)'}"
              f"; train {summary['train_arg'] or '(defaults)'}.", '',

@@ -63,6 +63,10 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--window-seconds', type=float, default=None,
                        help='workcell world only: the window length that scales the actions, '
                             'each lasting a length drawn from 0.8x to 3x of it (2 s)')
+    group.add_argument('--cell', type=int, default=None,
+                       help='workcell world only: the cell recorded (a seed); recordings of one '
+                            'cell share its camera pose, light and bench, the operator, noise and '
+                            'drift stay their own (default: each --seed a cell of its own)')
     group.add_argument('--idle-seconds', type=float, nargs=2, default=None,
                        metavar=('SHORTEST', 'LONGEST'),
                        help='idle gap (background) after each action, its length drawn '
@@ -80,13 +84,14 @@ def estimated_bytes(seconds: float, fps: float, size: tuple[int, int], compresse
 
 def _stream(world: str, *, seed: int, fps: float, size: tuple[int, int],
             action_seconds: float | None, window_seconds: float | None,
-            idle_seconds: tuple[float, float] | None
+            idle_seconds: tuple[float, float] | None, cell: int | None = None
             ) -> tuple[ActionStream | WorkcellStream, dict]:
     """The world's camera stream and its options for the bag metadata (None: the default)."""
     if world == 'actions':
-        if window_seconds is not None:
-            raise ValueError('--window-seconds: the actions world takes --action-seconds '
-                             '(--window-seconds scales the workcell world)')
+        if window_seconds is not None or cell is not None:
+            raise ValueError('--window-seconds / --cell: the actions world takes '
+                             '--action-seconds (--window-seconds and --cell are the workcell '
+                             "world's)")
         action = ACTION_SECONDS if action_seconds is None else action_seconds
         idle = IDLE_SECONDS if idle_seconds is None else tuple(idle_seconds)
         stream = ActionStream(seed=seed, fps=fps, size=size, action_seconds=action,
@@ -101,9 +106,10 @@ def _stream(world: str, *, seed: int, fps: float, size: tuple[int, int],
         window = WINDOW_SECONDS if window_seconds is None else window_seconds
         idle = workcell.IDLE_SECONDS if idle_seconds is None else tuple(idle_seconds)
         stream = WorkcellStream(seed=seed, fps=fps, size=size, window_seconds=window,
-                                idle_seconds=idle)
+                                idle_seconds=idle, cell=cell)
         return stream, dict(world=world, seed=seed, fps=fps, size=list(size),
-                            window_seconds=window, idle_seconds=list(idle))
+                            window_seconds=window, idle_seconds=list(idle),
+                            **({} if cell is None else dict(cell=cell)))
     raise ValueError(f'--world {world!r}: choose from {list(WORLDS)}')
 
 
@@ -113,7 +119,8 @@ def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: floa
                     idle_seconds: tuple[float, float] | None = None,
                     compressed: bool = False, start_ns: int = START_NS, progress: bool = True,
                     world: str = 'actions',
-                    window_seconds: float | None = None) -> tuple[Path, Path]:
+                    window_seconds: float | None = None,
+                    cell: int | None = None) -> tuple[Path, Path]:
     """Render `seconds` of the world's stream into a bag; -> (bag directory, timeline CSV).
 
     None takes the world's default: actions of ACTION_SECONDS and gaps of IDLE_SECONDS (actions
@@ -124,7 +131,7 @@ def write_synth_bag(out: str | Path, *, seconds: float, seed: int = 0, fps: floa
     out = Path(out)
     stream, options = _stream(world, seed=seed, fps=fps, size=size,
                               action_seconds=action_seconds, window_seconds=window_seconds,
-                              idle_seconds=idle_seconds)
+                              idle_seconds=idle_seconds, cell=cell)
     count = int(round(seconds * fps))
 
     def stamp(index: int) -> int:
@@ -170,7 +177,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                                         action_seconds=args.action_seconds,
                                         idle_seconds=args.idle_seconds,
                                         compressed=args.compressed, world=args.world,
-                                        window_seconds=args.window_seconds)
+                                        window_seconds=args.window_seconds,
+                                        cell=args.cell)
     except (ValueError, BagError) as exc:
         print(f'synth: error: {exc}', file=sys.stderr)
         return 2
