@@ -134,6 +134,12 @@ def test_train_fits_the_decision_and_bag_eval_uses_it(flow, capsys):
     assert run_train(flow, 'run') == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert 'decision fitted on 1 validation recording(s)' in printed, printed
+    # Three epochs on 36 s of recordings: the head underfits, and train says so and why.
+    final = [json.loads(line) for line in (tmp / 'run' / 'log.jsonl').read_text().splitlines()
+             if json.loads(line).get('head', 'step') == 'step'][-1]
+    assert final['train_acc'] < 0.9, final
+    assert f"train: step: it fits only {final['train_acc']:.2f} of its own training" in printed, \
+        printed
     checkpoint = tmp / 'run' / 'step.safetensors'
     meta = read_meta(checkpoint)
     fit = json.loads((tmp / 'run' / 'decision_fit.json').read_text())['step']

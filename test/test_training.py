@@ -207,3 +207,16 @@ def test_token_drop_applies_to_heads_that_take_any_patch_count_only():
     assert not torch.equal(weights[0]['step']['fc.weight'], weights[1]['step']['fc.weight'])
     with pytest.raises(ValueError, match='token_drop=1.0'):
         TrainConfig(token_drop=1.0).validate()
+
+
+def test_train_says_why_a_head_disappoints():
+    from step_ros.tools.train import advice
+    good = dict(train_acc=0.97, val_balanced_acc=0.93, kept_val_balanced_acc=0.94)
+    assert advice(good) == []
+    underfit, = advice({**good, 'train_acc': 0.82, 'kept_val_balanced_acc': 0.78})
+    assert '0.82 of its own training windows' in underfit and 'pretrained' in underfit
+    lines = advice({**good, 'kept_val_balanced_acc': 0.61})
+    assert len(lines) == 1 and 'reads 0.61 of the validation windows' in lines[0], lines
+    # Without a kept epoch, the last epoch's balanced validation accuracy is the one used.
+    assert len(advice(dict(train_acc=0.97, val_balanced_acc=0.6))) == 1
+    assert advice(dict(train_acc=0.97)) == []  # no validation cache: nothing to compare

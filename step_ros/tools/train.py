@@ -189,6 +189,30 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# What `advice` calls a head that fits its own windows, and one that carries over to new ones.
+FITS_TRAINING = 0.9  # training accuracy of the last epoch
+CARRIES_OVER = 0.15  # largest drop from training to balanced validation accuracy
+
+
+def advice(final: dict) -> list[str]:
+    """Why a head trained on recordings may disappoint, from its last log entry (train_acc, and
+    the balanced validation accuracy of the epoch it kept): one plain sentence per finding."""
+    lines = []
+    fit = final.get('train_acc')
+    val = final.get('kept_val_balanced_acc', final.get('val_balanced_acc'))
+    if fit is not None and fit < FITS_TRAINING:
+        lines.append(f"it fits only {fit:.2f} of its own training windows: the backbone's "
+                     'features hardly tell these classes apart, and more epochs will not fix '
+                     'that; a pretrained backbone will (backbone.weights: efficientnet_lite0 on '
+                     'a CPU, DINOv2 / CLIP on a GPU)')
+    if fit is not None and val is not None and fit - val > CARRIES_OVER:
+        lines.append(f'it reads {val:.2f} of the validation windows (balanced accuracy) '
+                     f'against {fit:.2f} of its training windows: it does not carry over to a '
+                     'recording it has not seen; record more, and more varied, recordings '
+                     '(other operators, light, days), or use a pretrained backbone')
+    return lines
+
+
 def _num(value) -> str:
     return '-' if value is None else f'{value:.3g}'
 
@@ -252,6 +276,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             score += (f", T {c['temperature']:.3f} (val ECE {c['ece_uncalibrated']:.3f} -> "
                       f"{c['ece_calibrated']:.3f})")
         print(f'train: {head.name}: {score} -> {path}')
+        for line in advice(final) if val is not None else ():
+            print(f'train: {head.name}: {line}')
         fit = decisions.get(head.name)
         if fit:
             chosen, defaults = fit['chosen'], fit['defaults']
