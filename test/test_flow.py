@@ -3,7 +3,9 @@ recordings, its figures those of bag-eval's report, checked against the targets.
 
 import json
 
+from step_ros.model.checkpoint import read_meta
 from step_ros.tools import flow
+from step_ros.tools.train import advice
 
 
 def test_flow_runs_the_documented_commands_and_reports_bag_evals_figures(tmp_path, capsys):
@@ -23,6 +25,12 @@ def test_flow_runs_the_documented_commands_and_reports_bag_evals_figures(tmp_pat
     config = json.loads((out / 'run' / 'config.json').read_text())
     assert config['train']['reverse_pairs'] and config['train']['epochs'] == 2
     assert json.loads((out / 'cache' / 'index.json').read_text())['straddle'] == 'majority'
+    # The head's own figures, from its checkpoint, and train's advice on them.
+    final = read_meta(out / 'run' / 'step.safetensors').training['final']
+    head = summary['head']
+    assert head['train_acc'] == final['train_acc'] and head['advice'] == advice(final), head
+    assert f"The head fits {final['train_acc']:.2f} of its training windows" in \
+        (out / 'run' / 'flow.md').read_text()
     printed = capsys.readouterr().out
     assert printed.endswith((out / 'run' / 'flow.md').read_text())
     assert f"| {row['bag']} |" in printed

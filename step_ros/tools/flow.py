@@ -21,6 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from step_ros.model.checkpoint import read_meta
 from step_ros.stream.config import write_params_file
 from step_ros.tools import bag_eval, extract, train
 from step_ros.tools.synth_bag import write_synth_bag
@@ -83,6 +84,15 @@ def _recordings(args: argparse.Namespace) -> list[Path]:
     return bags
 
 
+def _head_summary(checkpoint: Path) -> dict:
+    """The trained head's last training accuracy, the balanced validation accuracy of the
+    epoch train kept, and train's advice on them (from the checkpoint's metadata)."""
+    final = read_meta(checkpoint).training.get('final', {})
+    values = {k: final.get(k) for k in ('train_acc', 'kept_epoch', 'kept_val_balanced_acc',
+                                        'val_balanced_acc')}
+    return dict(values, advice=train.advice(values))
+
+
 def _step(name: str, code: int) -> None:
     if code != 0:
         raise SystemExit(f'flow: {name} failed (exit code {code})')
@@ -142,6 +152,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     _step('train', train.main(['--cache', str(cache / 'train'), '--val-cache', str(cache / 'val'),
                                '--head', 'step', '--background', BACKGROUND[args.world],
                                '--out', str(run), *shlex.split(args.train_arg)]))
+    head = _head_summary(run / 'step.safetensors')
     params = run / 'params.yaml'
     write_params_file(params, {**node, 'heads.checkpoints': [
         str((run / 'step.safetensors').resolve())]})
@@ -158,7 +169,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                        'one per recording' if args.cell_per_recording else 'one'),
                    train_arg=args.train_arg, seconds=args.seconds, fps=args.fps,
                    train_recordings=args.train_recordings, num_frames=args.num_frames,
-                   window_seconds=args.window_seconds, targets=TARGETS, held_out=rows)
+                   window_seconds=args.window_seconds, targets=TARGETS, head=head,
+                   held_out=rows)
     (run / 'flow.json').write_text(json.dumps(summary, indent=2) + '\n')
     (run / 'flow.md').write_text(markdown(summary))
     print(markdown(summary), end='')
@@ -170,6 +182,22 @@ def _cell(value, ok: bool | None = None) -> str:
     return text if ok is None else f'{text} {"ok" if ok else "MISSED"}'
 
 
+def _head_lines(head: dict | None) -> list[str]:
+    if not head:
+        return []
+    if head.get('train_acc') is None:
+        return []
+    val = head['kept_val_balanced_acc'] if head.get('kept_val_balanced_acc') is not None \
+        else head.get('val_balanced_acc')
+    text = f"The head fits {head['train_acc']:.2f} of its training windows"
+    if val is not None:
+        text += f' and reads {val:.2f} of the validation windows (balanced accuracy'
+        text += f", epoch {head['kept_epoch']})" if head.get('kept_epoch') else ')'
+
+    return [text + '.', '', *(f'- {line[0].upper()}{line[1:]}.' for line in head['advice']),
+            *([''] if head['advice'] else [])]
+
+
 def markdown(summary: dict) -> str:
     lines = [f"# flow on the {summary['world']} world ({summary['name']})", '',
              f"{summary['train_recordings']} training recordings, 1 validation, "
@@ -179,6 +207,7 @@ def markdown(summary: dict) -> str:
              f"{summary['fps']:g} fps; T={summary['num_frames']} over "
              f"{summary['window_seconds']:g} s; extract {summary['extract_arg'] or '(defaults)'}"
              f"; train {summary['train_arg'] or '(defaults)'}.", '',
+             *_head_lines(summary.get('head')),
              '| held out | full windows | symmetric | edit raw -> decided | F1@0.25 | START F1 '
              '| changes / true | false starts / min |', '|---|---|---|---|---|---|---|---|']
     for r in summary['held_out']:
