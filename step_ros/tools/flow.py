@@ -183,9 +183,7 @@ def _cell(value, ok: bool | None = None) -> str:
 
 
 def _head_lines(head: dict | None) -> list[str]:
-    if not head:
-        return []
-    if head.get('train_acc') is None:
+    if not head or head.get('train_acc') is None:
         return []
     val = head['kept_val_balanced_acc'] if head.get('kept_val_balanced_acc') is not None \
         else head.get('val_balanced_acc')
@@ -193,7 +191,6 @@ def _head_lines(head: dict | None) -> list[str]:
     if val is not None:
         text += f' and reads {val:.2f} of the validation windows (balanced accuracy'
         text += f", epoch {head['kept_epoch']})" if head.get('kept_epoch') else ')'
-
     return [text + '.', '', *(f'- {line[0].upper()}{line[1:]}.' for line in head['advice']),
             *([''] if head['advice'] else [])]
 

@@ -88,10 +88,11 @@ def _stream(world: str, *, seed: int, fps: float, size: tuple[int, int],
             ) -> tuple[ActionStream | WorkcellStream, dict]:
     """The world's camera stream and its options for the bag metadata (None: the default)."""
     if world == 'actions':
-        if window_seconds is not None or cell is not None:
-            raise ValueError('--window-seconds / --cell: the actions world takes '
-                             '--action-seconds (--window-seconds and --cell are the workcell '
-                             "world's)")
+        given = [name for name, value in (('--window-seconds', window_seconds),
+                                          ('--cell', cell)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: the workcell world's; the actions world "
+                             'takes --action-seconds')
         action = ACTION_SECONDS if action_seconds is None else action_seconds
         idle = IDLE_SECONDS if idle_seconds is None else tuple(idle_seconds)
         stream = ActionStream(seed=seed, fps=fps, size=size, action_seconds=action,
