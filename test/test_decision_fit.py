@@ -48,11 +48,15 @@ def flickering_recording(seed: int) -> tuple[list[StreamRecord], Timeline, int]:
     return records, timeline, records[-1].stamp_ns
 
 
+def fit(recordings) -> tuple[DecisionConfig, dict]:
+    """fit_decision on recordings of ('none', 'stir', 'wave') from a 1 s window."""
+    return fit_decision(recordings, labels=('none', 'stir', 'wave'), background='none',
+                        window_seconds=1.0, switch_fraction=0.5, temperature=1.0,
+                        progress=False)
+
+
 def test_the_fit_beats_the_defaults_and_keeps_changes_near_the_truth():
-    recordings = [flickering_recording(seed) for seed in (0, 1)]
-    chosen, summary = fit_decision(recordings, labels=('none', 'stir', 'wave'),
-                                   background='none', window_seconds=1.0, switch_fraction=0.5,
-                                   temperature=1.0, progress=False)
+    chosen, summary = fit([flickering_recording(seed) for seed in (0, 1)])
     fitted, defaults = summary['chosen'], summary['defaults']
     assert summary['recordings'] == 2 and summary['points'] >= 100, summary
     assert chosen == DecisionConfig(**summary['values'])
@@ -91,10 +95,7 @@ def unsure_recording(seed: int) -> tuple[list[StreamRecord], Timeline, int]:
 
 
 def test_a_head_unsure_on_new_recordings_still_gets_a_stage_that_starts_actions():
-    recordings = [unsure_recording(seed) for seed in (0, 1)]
-    chosen, summary = fit_decision(recordings, labels=('none', 'stir', 'wave'),
-                                   background='none', window_seconds=1.0, switch_fraction=0.5,
-                                   temperature=1.0, progress=False)
+    chosen, summary = fit([unsure_recording(seed) for seed in (0, 1)])
     fitted = summary['chosen']
     assert chosen.enter_threshold < 0.5, chosen
     assert fitted['start_f1'] >= 0.8 and fitted['edit_score'] >= 80, fitted

@@ -29,6 +29,7 @@ def test_flow_runs_the_documented_commands_and_reports_bag_evals_figures(tmp_pat
     final = read_meta(out / 'run' / 'step.safetensors').training['final']
     head = summary['head']
     assert head['train_acc'] == final['train_acc'] and head['advice'] == advice(final), head
+    assert head['val_balanced_acc'] == final['kept_val_balanced_acc'], head
     assert f"The head fits {final['train_acc']:.2f} of its training windows" in \
         (out / 'run' / 'flow.md').read_text()
     printed = capsys.readouterr().out

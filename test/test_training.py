@@ -220,3 +220,5 @@ def test_train_says_why_a_head_disappoints():
     # Without a kept epoch, the last epoch's balanced validation accuracy is the one used.
     assert len(advice(dict(train_acc=0.97, val_balanced_acc=0.6))) == 1
     assert advice(dict(train_acc=0.97)) == []  # no validation cache: nothing to compare
+    # A head written from its last epoch (--last-epoch) has no kept epoch to compare with.
+    assert len(advice(dict(train_acc=0.97, kept_val_balanced_acc=None, val_balanced_acc=0.6))) == 1

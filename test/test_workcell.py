@@ -236,7 +236,8 @@ def test_synth_cli_world_options(tmp_path, capsys):
     capsys.readouterr()
     for argv, words in ((['--world', 'workcell', '--action-seconds', '3'], '--action-seconds'),
                         (['--window-seconds', '3'], '--window-seconds'),
-                        (['--cell', '3'], '--cell')):
+                        (['--cell', '3'], '--cell'),
+                        (['--world', 'workcell', '--cell', '-1'], 'cell=-1')):
         assert synth_cli.main(['--bag', str(tmp_path / 'bad'), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err

@@ -297,6 +297,8 @@ class _Recording:
             float(r.uniform(0, 2 * math.pi)), float(r.uniform(0, 2 * math.pi))))
         self.lamp = _Events(np.random.default_rng([self.seed, 2]), (1.5, 8.0), lambda r: ())
         if cell is not None:
+            # Drawn above all the same, so the rest of the recording (operator, noise, scenes)
+            # is the one its seed gives either way; the cell replaces what it fixes.
             fixed = np.random.default_rng([int(cell), 3])
             self.view = _View.draw(fixed, size, jitter=np.random.default_rng([self.seed, 3]))
             light = np.array([fixed.uniform(-0.6, 0.6), fixed.uniform(-0.7, 0.2), 1.0])
@@ -550,10 +552,10 @@ class WorkcellStream:
 
     Each action lasts DURATION_RANGE (0.8x to 3x) `window_seconds`, drawn per action; each idle
     gap (the background class, `idle`) lasts a time drawn uniformly from `idle_seconds` =
-    (shortest, longest); (0, 0) puts the actions back to back. Streams of one `cell` watch the
-    same bench from the same camera (see _Recording); without it each is a cell of its own.
-    Iterating yields (frame RGB uint8
-    (H, W, 3), t seconds since start, label); frames are drawn lazily, one per step.
+    (shortest, longest); (0, 0) puts the actions back to back. Streams of one `cell` (an
+    integer >= 0) watch the same bench from the same camera (see _Recording); without it each
+    is a cell of its own. Iterating yields (frame RGB uint8 (H, W, 3), t seconds since start,
+    label); frames are drawn lazily, one per step.
     """
 
     def __init__(self, *, seed: int = 0, fps: float = 30.0, size: tuple[int, int] = DEFAULT_SIZE,
@@ -572,6 +574,9 @@ class WorkcellStream:
         h, w = size
         if h < 32 or w < 32:
             raise ValueError(f'size={size}: frames must be at least 32x32')
+        if cell is not None and (isinstance(cell, bool) or not isinstance(cell, int)
+                                 or cell < 0):
+            raise ValueError(f'cell={cell!r}: must be an integer >= 0')
         shortest, longest = (r * window_seconds * fps for r in DURATION_RANGE)
         self.action_frames = (max(2, math.ceil(shortest - 1e-9)), math.floor(longest + 1e-9))
         if self.action_frames[0] > self.action_frames[1]:

@@ -70,10 +70,10 @@ def _recordings(args: argparse.Namespace) -> list[Path]:
     folder = args.out / 'recordings'
     bags = []
     one_cell = args.world == 'workcell' and not args.cell_per_recording
+    # Recordings of one cell (the first seed's) are named apart from those of a cell each.
+    prefix = f'{args.world}_cell{args.seed}_' if one_cell else f'{args.world}_'
     for i in range(count):
-        # Recordings of one cell (the first seed's) are named apart from those of a cell each.
-        cell = f'cell{args.seed}_' if one_cell else ''
-        bag = folder / f'{args.world}_{cell}{args.seed + i}'
+        bag = folder / f'{prefix}{args.seed + i}'
         if not (bag / 'timeline.csv').is_file():
             extra = {} if args.world == 'actions' else dict(
                 world=args.world, window_seconds=args.window_seconds,
@@ -85,12 +85,12 @@ def _recordings(args: argparse.Namespace) -> list[Path]:
 
 
 def _head_summary(checkpoint: Path) -> dict:
-    """The trained head's last training accuracy, the balanced validation accuracy of the
-    epoch train kept, and train's advice on them (from the checkpoint's metadata)."""
+    """The trained head's training and balanced validation accuracy (train.accuracies), the
+    epoch it kept, and train's advice on them (from the checkpoint's metadata)."""
     final = read_meta(checkpoint).training.get('final', {})
-    values = {k: final.get(k) for k in ('train_acc', 'kept_epoch', 'kept_val_balanced_acc',
-                                        'val_balanced_acc')}
-    return dict(values, advice=train.advice(values))
+    fit, val = train.accuracies(final)
+    return dict(train_acc=fit, val_balanced_acc=val, kept_epoch=final.get('kept_epoch'),
+                advice=train.advice(final))
 
 
 def _step(name: str, code: int) -> None:
@@ -185,14 +185,15 @@ def _cell(value, ok: bool | None = None) -> str:
 def _head_lines(head: dict | None) -> list[str]:
     if not head or head.get('train_acc') is None:
         return []
-    val = head['kept_val_balanced_acc'] if head.get('kept_val_balanced_acc') is not None \
-        else head.get('val_balanced_acc')
     text = f"The head fits {head['train_acc']:.2f} of its training windows"
-    if val is not None:
-        text += f' and reads {val:.2f} of the validation windows (balanced accuracy'
-        text += f", epoch {head['kept_epoch']})" if head.get('kept_epoch') else ')'
-    return [text + '.', '', *(f'- {line[0].upper()}{line[1:]}.' for line in head['advice']),
-            *([''] if head['advice'] else [])]
+    if head.get('val_balanced_acc') is not None:
+        kept = f", epoch {head['kept_epoch']}" if head.get('kept_epoch') else ''
+        text += (f" and reads {head['val_balanced_acc']:.2f} of the validation windows "
+                 f'(balanced accuracy{kept})')
+    lines = [text + '.', '']
+    if head['advice']:
+        lines += [f'- {line[0].upper()}{line[1:]}.' for line in head['advice']] + ['']
+    return lines
 
 
 def markdown(summary: dict) -> str:

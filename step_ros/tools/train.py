@@ -194,12 +194,18 @@ FITS_TRAINING = 0.9  # training accuracy of the last epoch
 CARRIES_OVER = 0.15  # largest drop from training to balanced validation accuracy
 
 
+def accuracies(final: dict) -> tuple[float | None, float | None]:
+    """(training accuracy of the last epoch, balanced validation accuracy of the epoch whose
+    weights were written: the kept one, else the last) from a head's last log entry."""
+    val = final.get('kept_val_balanced_acc')
+    return final.get('train_acc'), final.get('val_balanced_acc') if val is None else val
+
+
 def advice(final: dict) -> list[str]:
-    """Why a head trained on recordings may disappoint, from its last log entry (train_acc, and
-    the balanced validation accuracy of the epoch it kept): one plain sentence per finding."""
+    """Why a head trained on recordings may disappoint, from its last log entry (see
+    `accuracies`): one plain sentence per finding."""
     lines = []
-    fit = final.get('train_acc')
-    val = final.get('kept_val_balanced_acc', final.get('val_balanced_acc'))
+    fit, val = accuracies(final)
     if fit is not None and fit < FITS_TRAINING:
         lines.append(f"it fits only {fit:.2f} of its own training windows: the backbone's "
                      'features hardly tell these classes apart, and more epochs will not fix '
