@@ -8,7 +8,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell echo $$(( RANDOM % 100 + 1 )))
 endif
 
-.PHONY: bootstrap build ros2-tools test demo lint clean distclean
+.PHONY: bootstrap build ros2-tools test demo demo-real lint clean distclean
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -28,6 +28,10 @@ test: ros2-tools
 
 demo: bootstrap
 	scripts/run python -m step_ros demo
+
+# The same demo on real features: EfficientNet-Lite0 (ImageNet weights) and its own head.
+demo-real: bootstrap
+	scripts/run python -m step_ros demo --params-file config/demo_efficientnet.yaml
 
 lint: bootstrap
 	scripts/run ruff check .

@@ -53,6 +53,24 @@ def test_demo_yaml_is_the_tiny_cpu_setup():
     assert values['heads.checkpoints'] == ['package://step_ros/models/demo_action.safetensors']
 
 
+def test_demo_efficientnet_yaml_names_the_head_it_was_trained_for():
+    """`make demo-real`: the parameters and the bundled head agree (backbone, size, window)."""
+    from step_ros.data.synth import LABELS, SYMMETRIC_PAIRS
+    from step_ros.model.checkpoint import load_head
+    values = load_params_file(REPO / 'config' / 'demo_efficientnet.yaml')
+    assert set(values) <= set(DEFAULTS), sorted(set(values) - set(DEFAULTS))
+    assert values['heads.checkpoints'] == [
+        'package://step_ros/models/demo_action_efficientnet.safetensors']
+    _, meta = load_head(REPO / 'models' / 'demo_action_efficientnet.safetensors')
+    assert meta.backbone['id'] == values['backbone.weights'] == 'efficientnet_lite0'
+    assert meta.backbone['image_size'] == values['backbone.image_size'] == 128
+    assert (meta.num_frames, meta.window_seconds) == (values['num_frames'],
+                                                      values['window_seconds']) == (8, 2.0)
+    assert (meta.task, meta.labels, meta.symmetric_pairs) == ('action', LABELS, SYMMETRIC_PAIRS)
+    # Trained through the flow: the decision parameters were fitted by train.
+    assert meta.decision and meta.decision['enter_threshold'] > 0, meta.decision
+
+
 @pytest.fixture
 def valid(tmp_path):
     head = tmp_path / 'head.safetensors'

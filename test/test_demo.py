@@ -1,5 +1,6 @@
 """`python -m step_ros demo` end to end: node subprocess, synthetic camera, printed actions."""
 
+import importlib.util
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ pytest.importorskip('step_ros_msgs.msg', reason='step_ros_msgs is not built (run
 from node_helpers import REPO, ros_env, write_params  # noqa: E402
 
 from step_ros.data.synth import ACTIONS  # noqa: E402
+from step_ros.model import efficientnet  # noqa: E402
 from step_ros.stream.config import load_params_file  # noqa: E402
 
 DEMO_TIMEOUT_S = 240
@@ -145,3 +147,21 @@ def _alive(pid: int) -> bool:
             return stream.read().split()[2] != 'Z'
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.skipif(importlib.util.find_spec(efficientnet.PACKAGE) is None,
+                    reason=f'weights package not installed ({efficientnet.INSTALL})')
+def test_demo_on_real_features_starts_and_ends_the_actions_shown():
+    """`make demo-real`: the same demo with EfficientNet-Lite0 and its own head."""
+    code, out, err = _run_demo(['--params-file', 'config/demo_efficientnet.yaml',
+                                '--seconds', '20'])
+    assert code == 0, out + err
+    assert "demo: labels ['pick_up'" in out, out
+    events = re.findall(r'^\s+\d+\.\d+ s  (START|END)\s+(\w+)\s', out, re.M)
+    assert sum(kind == 'START' for kind, _ in events) >= 2, out
+    for i, (kind, label) in enumerate(events):  # START, then the END of that label, ...
+        assert kind == ('START' if i % 2 == 0 else 'END'), events
+        assert kind == 'START' or label == events[i - 1][1], events
+    starts = re.findall(r' START (\w+) .* true: (\w+) shown ', out)
+    same = sum(label == true for label, true in starts)
+    assert same >= 0.8 * len(starts), f'{same}/{len(starts)} STARTs show their own action:\n{out}'

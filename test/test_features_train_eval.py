@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from step_ros.data.caches import load_cache
 from step_ros.data.features import DataError, extract, read_clip_list, sample_indices
 from step_ros.data.synth import ACTIONS, LABELS, SYMMETRIC_PAIRS, render_clip
 from step_ros.learn.training import predict
+from step_ros.model import efficientnet
 from step_ros.model.backbone import FrozenBackbone
 from step_ros.model.checkpoint import load_head, read_meta
 from step_ros.tools import evaluate, train
@@ -163,9 +165,20 @@ def test_bad_inputs_give_clear_errors(dataset, tmp_path, backbone, capsys):
     assert code == 2 and 'not a feature cache' in capsys.readouterr().err
 
 
-def test_committed_demo_head_recognises_live_windows(backbone):
-    """models/demo_action.safetensors reads 2 s windows of the demo camera, in order."""
-    path = Path(__file__).parents[1] / 'models' / 'demo_action.safetensors'
+_NO_EFFICIENTNET = importlib.util.find_spec(efficientnet.PACKAGE) is None
+
+
+@pytest.mark.parametrize('head, weights, image_size', [
+    ('demo_action.safetensors', 'tiny', 0),
+    pytest.param('demo_action_efficientnet.safetensors', 'efficientnet_lite0', 128,
+                 marks=pytest.mark.skipif(_NO_EFFICIENTNET, reason='weights package not '
+                                          f'installed ({efficientnet.INSTALL})'))])
+def test_committed_demo_heads_recognise_live_windows(backbone, head, weights, image_size):
+    """models/demo_action*.safetensors read 2 s windows of the demo camera, in order: the
+    `tiny` head of `make demo` and the EfficientNet-Lite0 one of `make demo-real`."""
+    if weights != 'tiny':
+        backbone = FrozenBackbone.load(weights, image_size=image_size)
+    path = Path(__file__).parents[1] / 'models' / head
     module, meta = load_head(path)
     meta.check_backbone(backbone.info, source=str(path))
     assert (meta.task, meta.labels, meta.symmetric_pairs) == ('action', LABELS, SYMMETRIC_PAIRS)

@@ -36,6 +36,19 @@ def test_flow_runs_the_documented_commands_and_reports_bag_evals_figures(tmp_pat
     assert printed.endswith((out / 'run' / 'flow.md').read_text())
     assert f"| {row['bag']} |" in printed
 
+    # Another backbone: its own cache beside the first, on the same recordings, named in the
+    # node's parameters and the summary.
+    tiny_index = (out / 'cache' / 'index.json').read_text()
+    assert flow.main(['--world', 'actions', '--out', str(out), '--seconds', '10', '--fps', '8',
+                      '--train-recordings', '1', '--num-frames', '4', '--window-seconds', '1',
+                      '--train-arg=--epochs 1', '--backbone', 'tiny-clip', '--name', 'clip']) == 0
+    index = json.loads((out / 'cache_tiny-clip_0' / 'index.json').read_text())
+    assert index['backbone']['id'] == 'tiny-clip', index['backbone']
+    assert (out / 'cache' / 'index.json').read_text() == tiny_index
+    assert 'weights: tiny-clip' in (out / 'clip' / 'params.yaml').read_text()
+    assert json.loads((out / 'clip' / 'flow.json').read_text())['backbone'] == 'tiny-clip'
+    assert read_meta(out / 'clip' / 'step.safetensors').backbone['id'] == 'tiny-clip'
+
 
 def test_meets_checks_each_target():
     good = dict(full_window=0.9, raw_edit=40.0, decided_edit=80.0, f1_at_025=0.85,

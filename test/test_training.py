@@ -222,3 +222,9 @@ def test_train_says_why_a_head_disappoints():
     assert advice(dict(train_acc=0.97)) == []  # no validation cache: nothing to compare
     # A head written from its last epoch (--last-epoch) has no kept epoch to compare with.
     assert len(advice(dict(train_acc=0.97, kept_val_balanced_acc=None, val_balanced_acc=0.6))) == 1
+    # Features of a pretrained backbone already: the advice does not suggest one.
+    both = dict(train_acc=0.82, kept_val_balanced_acc=0.6)
+    assert all('pretrained' in line for line in advice(both, backbone='tiny-clip'))
+    real = advice(both, backbone='efficientnet_lite0')
+    assert len(real) == 2 and not any('pretrained' in line for line in real), real
+    assert 'image_size' in real[0], real

@@ -51,6 +51,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--num-frames', type=int, default=8, help="the node's T (8)")
     parser.add_argument('--window-seconds', type=float, default=2.0,
                         help="the node's window_seconds (2.0)")
+    parser.add_argument('--backbone', default='tiny',
+                        help="the node's backbone.weights: 'tiny', 'tiny-clip', "
+                             "'efficientnet_lite0' or a local model directory (tiny)")
+    parser.add_argument('--image-size', type=int, default=0,
+                        help="the node's backbone.image_size (0: the backbone's own)")
     parser.add_argument('--cell-per-recording', action='store_true',
                         help='workcell world: every recording a cell of its own (camera pose, '
                              'light, bench), a harder check than the default, where all are '
@@ -87,10 +92,11 @@ def _recordings(args: argparse.Namespace) -> list[Path]:
 def _head_summary(checkpoint: Path) -> dict:
     """The trained head's training and balanced validation accuracy (train.accuracies), the
     epoch it kept, and train's advice on them (from the checkpoint's metadata)."""
-    final = read_meta(checkpoint).training.get('final', {})
+    meta = read_meta(checkpoint)
+    final = meta.training.get('final', {})
     fit, val = train.accuracies(final)
     return dict(train_acc=fit, val_balanced_acc=val, kept_epoch=final.get('kept_epoch'),
-                advice=train.advice(final))
+                advice=train.advice(final, backbone=meta.backbone['id']))
 
 
 def _step(name: str, code: int) -> None:
@@ -136,12 +142,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     bags = _recordings(args)
     train_bags, val_bag, test_bags = (bags[:args.train_recordings], bags[args.train_recordings],
                                       bags[args.train_recordings + 1:])
-    node = {'backbone.weights': 'tiny', 'backbone.image_size': 0, 'device': 'cpu',
+    node = {'backbone.weights': args.backbone, 'backbone.image_size': args.image_size,
+            'device': 'cpu',
             'precision': 'fp32', 'num_frames': args.num_frames,
             'window_seconds': args.window_seconds}
-    extract_params = args.out / 'extract.yaml'
+    # One cache per backbone and image size: every run on them shares it.
+    features = ('' if (args.backbone, args.image_size) == ('tiny', 0)
+                else f'_{Path(args.backbone).name}_{args.image_size}')
+    extract_params = args.out / f'extract{features}.yaml'
     write_params_file(extract_params, node)
-    cache, run = args.out / 'cache', args.out / args.name
+    cache, run = args.out / f'cache{features}', args.out / args.name
     argv_extract = []
     for bag in train_bags:
         argv_extract += ['--bag', str(bag), '--split', 'train']
@@ -164,7 +174,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         report = json.loads((out / 'report.json').read_text())
         rows.append(dict(bag=bag.name, **scores(report),
                          decision_source=report.get('decision_source')))
-    summary = dict(world=args.world, name=args.name, extract_arg=args.extract_arg,
+    summary = dict(world=args.world, name=args.name, backbone=args.backbone,
+                   image_size=args.image_size, extract_arg=args.extract_arg,
                    cells=None if args.world != 'workcell' else (
                        'one per recording' if args.cell_per_recording else 'one'),
                    train_arg=args.train_arg, seconds=args.seconds, fps=args.fps,
@@ -203,7 +214,9 @@ def markdown(summary: dict) -> str:
              + (f" (cells: {summary['cells']})" if summary.get('cells') else '') + '; '
              f"{summary['seconds']:g} s each at "
              f"{summary['fps']:g} fps; T={summary['num_frames']} over "
-             f"{summary['window_seconds']:g} s; extract {summary['extract_arg'] or '(defaults)'}"
+             f"{summary['window_seconds']:g} s; backbone {summary.get('backbone', 'tiny')}"
+             + (f" at {summary['image_size']} px" if summary.get('image_size') else '')
+             + f"; extract {summary['extract_arg'] or '(defaults)'}"
              f"; train {summary['train_arg'] or '(defaults)'}.", '',
              *_head_lines(summary.get('head')),
              '| held out | full windows | symmetric | edit raw -> decided | F1@0.25 | START F1 '

@@ -30,6 +30,7 @@ from step_ros.data.names import safe_name
 from step_ros.distributed import rank_device, session
 from step_ros.learn.decision_fit import can_fit, fit_heads
 from step_ros.learn.training import TrainConfig, fit_temperatures, save_run, train_heads
+from step_ros.model.backbone import TINY
 from step_ros.model.heads import PRESETS, HeadConfig
 
 _DEFAULTS = TrainConfig()
@@ -201,21 +202,27 @@ def accuracies(final: dict) -> tuple[float | None, float | None]:
     return final.get('train_acc'), final.get('val_balanced_acc') if val is None else val
 
 
-def advice(final: dict) -> list[str]:
+def advice(final: dict, *, backbone: str = 'tiny') -> list[str]:
     """Why a head trained on recordings may disappoint, from its last log entry (see
-    `accuracies`): one plain sentence per finding."""
+    `accuracies`) and the id of the backbone its features came from: one plain sentence per
+    finding."""
     lines = []
     fit, val = accuracies(final)
+    random_weights = backbone in TINY
     if fit is not None and fit < FITS_TRAINING:
+        remedy = ('a pretrained backbone will (backbone.weights: efficientnet_lite0 on a CPU, '
+                  'DINOv2 / CLIP on a GPU)' if random_weights else
+                  'a larger backbone.image_size or a larger backbone (DINOv2 / CLIP on a GPU) '
+                  'may')
         lines.append(f"it fits only {fit:.2f} of its own training windows: the backbone's "
                      'features hardly tell these classes apart, and more epochs will not fix '
-                     'that; a pretrained backbone will (backbone.weights: efficientnet_lite0 on '
-                     'a CPU, DINOv2 / CLIP on a GPU)')
+                     f'that; {remedy}')
     if fit is not None and val is not None and fit - val > CARRIES_OVER:
         lines.append(f'it reads {val:.2f} of the validation windows (balanced accuracy) '
                      f'against {fit:.2f} of its training windows: it does not carry over to a '
                      'recording it has not seen; record more, and more varied, recordings '
-                     '(other operators, light, days), or use a pretrained backbone')
+                     '(other operators, light, days)'
+                     + (', or use a pretrained backbone' if random_weights else ''))
     return lines
 
 
@@ -282,7 +289,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             score += (f", T {c['temperature']:.3f} (val ECE {c['ece_uncalibrated']:.3f} -> "
                       f"{c['ece_calibrated']:.3f})")
         print(f'train: {head.name}: {score} -> {path}')
-        for line in advice(final) if val is not None else ():
+        for line in advice(final, backbone=cache.backbone['id']) if val is not None else ():
             print(f'train: {head.name}: {line}')
         fit = decisions.get(head.name)
         if fit:
