@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     train_bags, val_bag, test_bags = (bags[:args.train_recordings], bags[args.train_recordings],
                                       bags[args.train_recordings + 1:])
     node = {'backbone.weights': args.backbone, 'backbone.image_size': args.image_size,
-            'device': 'cpu',
-            'precision': 'fp32', 'num_frames': args.num_frames,
+            'device': 'cpu', 'precision': 'fp32', 'num_frames': args.num_frames,
             'window_seconds': args.window_seconds}
     # One cache per backbone and image size: every run on them shares it.
     features = ('' if (args.backbone, args.image_size) == ('tiny', 0)

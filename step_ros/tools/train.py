@@ -210,7 +210,7 @@ def advice(final: dict, *, backbone: str = 'tiny') -> list[str]:
     fit, val = accuracies(final)
     random_weights = backbone in TINY
     if fit is not None and fit < FITS_TRAINING:
-        remedy = ('a pretrained backbone will (backbone.weights: efficientnet_lite0 on a CPU, '
+        remedy = ('a pretrained backbone helps (backbone.weights: efficientnet_lite0 on a CPU, '
                   'DINOv2 / CLIP on a GPU)' if random_weights else
                   'a larger backbone.image_size or a larger backbone (DINOv2 / CLIP on a GPU) '
                   'may')
